@@ -1,0 +1,7 @@
+"""`python -m facekd ...`, which is also what `torchrun -m facekd` runs."""
+
+import sys
+
+from facekd.cli import main
+
+sys.exit(main())

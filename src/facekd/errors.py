@@ -1,0 +1,21 @@
+"""One exception family, so the CLI can print bad input as a single line."""
+
+
+class FacekdError(Exception):
+    """Any error caused by the user's input: files, records, fields, configs.
+
+    The message is one line naming the file/record/field, what was found and
+    what was expected.
+    """
+
+
+class DataError(FacekdError):
+    """A data file is missing, truncated, corrupt or of the wrong layout."""
+
+
+class ConfigError(FacekdError):
+    """A config or command-line value is invalid."""
+
+
+class CheckpointError(FacekdError):
+    """A checkpoint or weights file cannot be loaded into the requested model."""
