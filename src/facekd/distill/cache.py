@@ -1,0 +1,155 @@
+"""Teacher outputs cached on disk, so a frozen teacher runs once per data set, not once per epoch.
+
+This is the MarginDistillation recipe (its teacher embeddings are computed offline). Training
+augments only by horizontal flip, applied per batch, so the cache stores every output twice:
+`[i, 0]` for image i as stored and `[i, 1]` for its mirror; `lookup` picks per sample.
+
+Layout of ROOT:
+    meta.json                  fingerprint, fields, shapes, dtype (written last: its presence
+                               means the cache is complete)
+    <field>.npy                one array per field, shape (N, 2, ...), read as a memory map
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from facekd.distill.base import CACHEABLE_OUTPUTS, Teacher, TeacherOutputs
+from facekd.errors import ConfigError, DataError
+from facekd.fileio import atomic_write_text
+
+META_NAME = "meta.json"
+CACHE_VERSION = 1
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a file cheaply: resolved path, size and modification time."""
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+class TeacherCache:
+    def __init__(self, root: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.root = root
+        self.arrays = arrays
+        self.meta = meta
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(self.arrays)
+
+    def __len__(self) -> int:
+        return int(self.meta["num_samples"])
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, fingerprint: dict[str, Any]) -> "TeacherCache | None":
+        """The cache at `root` if it is complete and was built for `fingerprint`, else None."""
+        root = Path(root)
+        meta_path = root / META_NAME
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{meta_path}: unreadable teacher-cache metadata ({exc}); delete the folder to rebuild") from exc
+        if meta.get("version") != CACHE_VERSION or meta.get("fingerprint") != fingerprint:
+            return None
+        arrays = {}
+        for field in meta["fields"]:
+            path = root / f"{field}.npy"
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{path}: unreadable teacher-cache array ({exc}); delete {root} to rebuild") from exc
+            expected = (meta["num_samples"], 2, *meta["shapes"][field])
+            if array.shape != tuple(expected):
+                raise DataError(f"{path}: found shape {array.shape}, expected {tuple(expected)}; delete {root} to rebuild")
+            arrays[field] = array
+        return cls(root, arrays, meta)
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        root: str | os.PathLike,
+        teacher: Teacher,
+        samples,
+        fields: frozenset[str],
+        fingerprint: dict[str, Any],
+        *,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        dtype: str = "float16",
+        device: torch.device | None = None,
+        progress: bool = True,
+    ) -> "TeacherCache":
+        """Run the teacher over `samples` (TrainSamples: dicts with image/label/index) and store the outputs."""
+        unknown = set(fields) - CACHEABLE_OUTPUTS
+        if unknown:
+            raise ConfigError(f"teacher cache: cannot cache {sorted(unknown)}; cacheable outputs are {sorted(CACHEABLE_OUTPUTS)}")
+        if dtype not in ("float16", "float32"):
+            raise ConfigError(f"teacher cache dtype: found {dtype!r}, expected float16 or float32")
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / META_NAME).unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+        device = device or torch.device("cpu")
+        loader = DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        num_samples = len(samples)
+        arrays: dict[str, np.ndarray] = {}
+        tmp_paths: dict[str, Path] = {}
+        seen = np.zeros(num_samples, dtype=bool)
+        for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
+            images = batch["image"].to(device)
+            labels = torch.as_tensor(batch["label"]).to(device)
+            index = torch.as_tensor(batch["index"]).numpy()
+            both = [teacher.outputs(images, labels, frozenset(fields)),
+                    teacher.outputs(images.flip(-1), labels, frozenset(fields))]
+            for field in fields:
+                values = [getattr(out, field).float().cpu().numpy() for out in both]
+                if field not in arrays:
+                    tmp_paths[field] = root / f".{field}.npy.tmp"
+                    arrays[field] = np.lib.format.open_memmap(
+                        tmp_paths[field], mode="w+", dtype=dtype, shape=(num_samples, 2, *values[0].shape[1:])
+                    )
+                arrays[field][index, 0] = values[0]
+                arrays[field][index, 1] = values[1]
+            seen[index] = True
+        if not seen.all():
+            raise DataError(f"teacher cache {root}: {int((~seen).sum())} of {num_samples} samples were never produced by the data set")
+        shapes = {}
+        for field, array in arrays.items():
+            array.flush()
+            shapes[field] = list(array.shape[2:])
+            del array
+            os.replace(tmp_paths[field], root / f"{field}.npy")
+        meta = {
+            "version": CACHE_VERSION,
+            "fingerprint": fingerprint,
+            "fields": sorted(fields),
+            "shapes": shapes,
+            "dtype": dtype,
+            "num_samples": num_samples,
+        }
+        atomic_write_text(root / META_NAME, json.dumps(meta, indent=2))
+        cache = cls.open(root, fingerprint)
+        assert cache is not None
+        return cache
+
+    def lookup(self, index: Tensor, flipped: Tensor, needs: frozenset[str], device: torch.device) -> TeacherOutputs:
+        """Teacher outputs for a batch, given dataset indices and which images were mirrored."""
+        rows = index.cpu().numpy()
+        mirror = flipped.cpu().numpy().astype(np.int64)
+        out = TeacherOutputs()
+        for field in needs:
+            values = torch.from_numpy(np.asarray(self.arrays[field][rows, mirror], dtype=np.float32))
+            setattr(out, field, values.to(device))
+        return out
