@@ -1,0 +1,160 @@
+"""facekd.evaluate.verification against a plain re-implementation of insightface's loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import interpolate
+
+from facekd.errors import DataError
+from facekd.evaluate import verification
+
+
+# ---- reference: insightface eval/verification.py written out with per-fold, per-threshold loops ----
+
+
+def ref_accuracy(threshold, dist, same):
+    predict = np.less(dist, threshold)
+    tp = np.sum(np.logical_and(predict, same))
+    fp = np.sum(np.logical_and(predict, np.logical_not(same)))
+    tn = np.sum(np.logical_and(np.logical_not(predict), np.logical_not(same)))
+    fn = np.sum(np.logical_and(np.logical_not(predict), same))
+    tpr = 0 if (tp + fn == 0) else float(tp) / float(tp + fn)
+    fpr = 0 if (fp + tn == 0) else float(fp) / float(fp + tn)
+    return tpr, fpr, float(tp + tn) / dist.size
+
+
+def ref_val_far(threshold, dist, same):
+    predict = np.less(dist, threshold)
+    ta = np.sum(np.logical_and(predict, same))
+    fa = np.sum(np.logical_and(predict, np.logical_not(same)))
+    return float(ta) / float(np.sum(same)), float(fa) / float(np.sum(np.logical_not(same)))
+
+
+def ref_folds(n, nfolds):
+    """Contiguous folds as sklearn KFold(shuffle=False): the first n % nfolds folds get one more."""
+    sizes = [n // nfolds + (1 if k < n % nfolds else 0) for k in range(nfolds)]
+    start, folds = 0, []
+    for size in sizes:
+        test = np.arange(start, start + size)
+        train = np.array([i for i in range(n) if i < start or i >= start + size])
+        folds.append((train, test))
+        start += size
+    return folds
+
+
+def ref_evaluate(embeddings, issame, nfolds=10):
+    emb = np.asarray(embeddings, dtype=np.float64)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    dist = np.sum(np.square(emb[0::2] - emb[1::2]), 1)
+    same = np.asarray(issame)
+    folds = ref_folds(len(dist), nfolds)
+
+    thresholds = np.arange(0, 4, 0.01)
+    tprs = np.zeros((nfolds, len(thresholds)))
+    fprs = np.zeros((nfolds, len(thresholds)))
+    accuracy, best = np.zeros(nfolds), np.zeros(nfolds)
+    for k, (train, test) in enumerate(folds):
+        acc_train = np.zeros(len(thresholds))
+        for i, t in enumerate(thresholds):
+            _, _, acc_train[i] = ref_accuracy(t, dist[train], same[train])
+        b = int(np.argmax(acc_train))
+        for i, t in enumerate(thresholds):
+            tprs[k, i], fprs[k, i], _ = ref_accuracy(t, dist[test], same[test])
+        _, _, accuracy[k] = ref_accuracy(thresholds[b], dist[test], same[test])
+        best[k] = thresholds[b]
+
+    thresholds = np.arange(0, 4, 0.001)
+    val, far = np.zeros(nfolds), np.zeros(nfolds)
+    for k, (train, test) in enumerate(folds):
+        far_train = np.zeros(len(thresholds))
+        for i, t in enumerate(thresholds):
+            _, far_train[i] = ref_val_far(t, dist[train], same[train])
+        if np.max(far_train) >= 1e-3:
+            xs, ys = [], []
+            for f, t in zip(far_train, thresholds):
+                if not xs or f != xs[-1]:  # first threshold of each FAR plateau
+                    xs.append(f)
+                    ys.append(t)
+            threshold = interpolate.interp1d(xs, ys, kind="slinear")(1e-3)
+        else:
+            threshold = 0.0
+        val[k], far[k] = ref_val_far(threshold, dist[test], same[test])
+    return dict(
+        accuracy=np.mean(accuracy), std=np.std(accuracy), fold_accuracies=accuracy, thresholds=best,
+        tpr=np.mean(tprs, 0), fpr=np.mean(fprs, 0), val=np.mean(val), val_std=np.std(val), far=np.mean(far),
+    )
+
+
+# ---- embedding sets ----
+
+
+def random_set(rng, n_pairs=600, dim=64):
+    return rng.normal(size=(2 * n_pairs, dim)), rng.random(n_pairs) < 0.5
+
+
+def separated_set(rng, n_pairs=600, dim=32):
+    anchors = rng.normal(size=(n_pairs, dim))
+    issame = np.arange(n_pairs) % 2 == 0
+    partners = np.where(issame[:, None], anchors + 0.05 * rng.normal(size=anchors.shape), rng.normal(size=anchors.shape))
+    emb = np.empty((2 * n_pairs, dim))
+    emb[0::2], emb[1::2] = anchors, partners
+    return emb, issame
+
+
+def tied_set(rng, n_pairs=605):
+    """Few distinct distances shared by many pairs of both classes, landing on grid thresholds
+    (0, 2 and 4 exactly), an uneven last fold split, and long accuracy plateaus."""
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8], [1.0, 0.0]])
+    first = rng.integers(0, len(vectors), n_pairs)
+    second = rng.integers(0, len(vectors), n_pairs)
+    emb = np.empty((2 * n_pairs, 2))
+    emb[0::2], emb[1::2] = vectors[first] * 3.0, vectors[second]
+    return emb, rng.random(n_pairs) < 0.5
+
+
+@pytest.mark.parametrize("make", [random_set, separated_set, tied_set])
+def test_matches_insightface_loops(make):
+    emb, issame = make(np.random.default_rng(7))
+    got = verification.evaluate(emb, issame)
+    want = ref_evaluate(emb, issame)
+    np.testing.assert_array_equal(got.fold_accuracies, want["fold_accuracies"])
+    np.testing.assert_array_equal(got.thresholds, want["thresholds"])
+    np.testing.assert_array_equal(got.tpr, want["tpr"])
+    np.testing.assert_array_equal(got.fpr, want["fpr"])
+    assert got.accuracy == want["accuracy"]
+    assert got.std == want["std"]
+    assert got.val == want["val"]
+    assert got.val_std == want["val_std"]
+    assert got.far == want["far"]
+    assert got.num_pairs == len(issame)
+
+
+def test_separated_set_is_perfect_and_random_is_chance():
+    rng = np.random.default_rng(3)
+    assert verification.evaluate(*separated_set(rng)).accuracy == 1.0
+    assert 0.4 < verification.evaluate(*random_set(rng)).accuracy < 0.6
+
+
+def test_far_threshold_interpolates_between_first_thresholds_of_plateaus():
+    thresholds = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    far_train = np.array([0.0, 0.0, 0.002, 0.002, 0.004])
+    # points (0, 0.0) and (0.002, 0.2): FAR 1e-3 lies halfway, at 0.1
+    assert verification.far_threshold(far_train, thresholds, 1e-3) == pytest.approx(0.1, abs=1e-15)
+    assert verification.far_threshold(np.zeros(5), thresholds, 1e-3) == 0.0
+
+
+def test_xnorm_is_mean_row_norm_over_both_sets():
+    a = np.array([[3.0, 4.0], [0.0, 1.0]])
+    b = np.array([[6.0, 8.0]])
+    assert verification.xnorm(a, b) == pytest.approx((5.0 + 1.0 + 10.0) / 3)
+
+
+def test_odd_rows_rejected():
+    with pytest.raises(DataError, match="even number of rows"):
+        verification.evaluate(np.ones((7, 4)), np.ones(3, bool))
+
+
+def test_wrong_issame_length_rejected():
+    with pytest.raises(DataError, match="one label per pair"):
+        verification.evaluate(np.ones((8, 4)), np.ones(5, bool))
