@@ -1,0 +1,128 @@
+"""Process-group setup for `torchrun`, DDP wrapping and the global-batch sampler.
+
+One process is the ordinary case: nothing is initialised and every collective is a no-op.
+Under `torchrun` (WORLD_SIZE > 1) the group uses NCCL on CUDA and gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+
+from facekd.errors import ConfigError
+from facekd.runtime import pick_device
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world(device_name: str = "auto") -> World:
+    """Join the torchrun process group if there is one; pick this process's device."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device(device_name)
+    if size == 1:
+        return World(0, 1, device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(rank, size, device)
+
+
+def close_world(world: World) -> None:
+    if world.size > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_gather_objects(obj) -> list:
+    if not is_distributed():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank (so all ranks stop at the same step)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast_object(obj):
+    if not is_distributed():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap(task: nn.Module, world: World) -> nn.Module:
+    """DDP around the task, leaving its sharded state (`task.ddp_ignored()`) unsynchronised."""
+    if world.size == 1:
+        return task
+    ignored = list(task.ddp_ignored())
+    names = {n for n, _ in task.named_parameters()} | {n for n, _ in task.named_buffers()}
+    unknown = sorted(set(ignored) - names)
+    if unknown:
+        raise ConfigError(f"task.ddp_ignored() names {unknown}, which are not parameters or buffers of the task")
+    if ignored:
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(task, ignored)
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(task, device_ids=device_ids, broadcast_buffers=False)
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Yields this rank's slice of each global batch of a seeded per-epoch permutation.
+
+    Global batch k is `perm[k*G:(k+1)*G]` with G = batch_size x world_size, and rank r takes rows
+    `[r*batch_size, (r+1)*batch_size)` of it, so the samples of a step do not depend on the number
+    of processes. Incomplete global batches are dropped. `start` skips batches already consumed
+    (mid-epoch resume).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, world: World, seed: int, batches: int) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.rank = world.rank
+        self.world_size = world.size
+        self.seed = seed
+        self.batches = batches
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def __len__(self) -> int:
+        return self.batches - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        global_batch = self.batch_size * self.world_size
+        for k in range(self.start, self.batches):
+            first = k * global_batch + self.rank * self.batch_size
+            yield order[first: first + self.batch_size].tolist()
