@@ -1,0 +1,111 @@
+"""Export a backbone to ONNX as insightface ships its models, and check the export against PyTorch.
+
+The graph takes `data` (N x 3 x H x W, float32 RGB in [-1, 1], the name insightface's
+`arcface_torch/torch2onnx.py` gives and its model zoo's `ArcFaceONNX` reads) with a dynamic batch
+dimension, and returns `embedding` (N x D, the raw backbone output, before L2 normalisation).
+
+The exporter is PyTorch's `torch.export`-based one (`torch.onnx.export(..., dynamo=True)`), the
+default since PyTorch 2.9; the TorchScript exporter is deprecated. It needs `onnxscript`, which is a
+facekd dependency, and nothing from the network.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from facekd.errors import FacekdError
+from facekd.fileio import atomic_write_bytes
+
+INPUT_NAME = "data"
+OUTPUT_NAME = "embedding"
+BATCH_DIM = "batch"
+OPSET = 18
+PARITY_TOLERANCE = 1e-4
+
+
+class ParityError(FacekdError):
+    """The ONNX model's outputs differ from PyTorch's by more than the tolerance."""
+
+
+def export_model_proto(model: nn.Module, input_size: int):
+    """The model (moved to CPU, eval mode) as an `onnx.ModelProto` with a dynamic batch dimension."""
+    model = model.cpu().eval()
+    # Batch 2: torch.export specialises sizes 0 and 1, so a batch-1 example would pin the batch.
+    example = torch.zeros(2, 3, input_size, input_size)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},),
+        opset_version=OPSET,
+        external_data=False,
+        verbose=False,
+    )
+    return program.model_proto
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int) -> None:
+    """Write the model as one self-contained `.onnx` file (atomically)."""
+    atomic_write_bytes(path, export_model_proto(model, input_size).SerializeToString())
+
+
+def inference_session(model, *, threads: int | None = None, providers: list[str] | None = None):
+    """An onnxruntime session on a path, serialised bytes or a ModelProto; warnings are silenced."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    elif not isinstance(model, bytes):
+        model = os.fspath(model)
+    return ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    max_abs_diff: float
+    images: int
+    batch_sizes: tuple[int, ...]
+    tolerance: float
+
+
+def check_parity(
+    model: nn.Module,
+    session,
+    inputs: torch.Tensor,
+    *,
+    tolerance: float = PARITY_TOLERANCE,
+    what: str = "ONNX model",
+) -> ParityReport:
+    """Compare PyTorch and onnxruntime on `inputs` (float N x 3 x H x W in [-1, 1]).
+
+    The inputs run once as one batch and once image by image, which also checks that the batch
+    dimension is dynamic. Raises ParityError when the largest absolute difference exceeds `tolerance`.
+    """
+    model = model.cpu().eval()
+    inputs = inputs.detach().float().cpu()
+    with torch.inference_mode():
+        expected = model(inputs).numpy()
+    input_name = session.get_inputs()[0].name
+    whole = session.run(None, {input_name: inputs.numpy()})[0]
+    single = np.concatenate([session.run(None, {input_name: inputs[i : i + 1].numpy()})[0] for i in range(len(inputs))])
+    for got in (whole, single):
+        if got.shape != expected.shape:
+            raise ParityError(f"{what}: output shape {got.shape}, expected {expected.shape} as PyTorch gives")
+    diff = float(max(np.abs(whole - expected).max(), np.abs(single - expected).max()))
+    if not diff <= tolerance:  # also catches NaN
+        raise ParityError(
+            f"{what}: max |onnx - torch| = {diff:.3g} over {len(inputs)} images, expected at most {tolerance:g}"
+        )
+    return ParityReport(max_abs_diff=diff, images=len(inputs), batch_sizes=(len(inputs), 1), tolerance=tolerance)

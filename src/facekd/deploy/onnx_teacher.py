@@ -1,0 +1,128 @@
+"""An ONNX face-recognition model as an embedding-only teacher, run by onnxruntime.
+
+`OnnxEmbedder(path)` is called like a facekd backbone: on a float N x 3 x H x W tensor, RGB in
+[-1, 1] (facekd's `transforms.normalize`), it returns the raw N x D embedding as a float32 tensor on
+the input's device. Models differ in what they expect, so the preprocessing is declared:
+
+- `pixel_mean`, `pixel_std`: the model is fed `(pixel - mean) / std` with pixels in 0..255. The
+  defaults, 127.5 and 127.5, are insightface's (`model_zoo/arcface_onnx.py`, e.g. `w600k_r50.onnx`).
+  Models that normalise inside the graph take raw pixels: mean 0, std 1. OpenCV Zoo's SFace is one
+  (`FaceRecognizerSF::feature` calls `blobFromImage(img, 1, (112, 112), 0, swapRB=true)`; the graph
+  subtracts 127.5 and multiplies by 1/128 itself), as are insightface's models converted from mxnet.
+- `channel_order`: "RGB" (insightface, SFace) or "BGR".
+
+The input size is read from the graph. A graph with a fixed batch size (SFace's is 1) is run in
+chunks of that size. Graph inputs that no node reads are pruned before the session is created
+(onnxruntime otherwise demands a value for each), and initializers listed as graph inputs are made
+plain constants so onnxruntime can fold them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facekd.deploy.onnx import inference_session
+from facekd.errors import CheckpointError, ConfigError
+
+INSIGHTFACE_PIXEL_MEAN = 127.5
+INSIGHTFACE_PIXEL_STD = 127.5
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+def load_pruned_model(path: str | os.PathLike):
+    """Load an ONNX model with unused graph inputs removed and initializers out of the inputs."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found, expected an ONNX model")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and others, with no common base
+        raise CheckpointError(f"{path}: cannot be read as an ONNX model ({type(exc).__name__}: {exc})") from exc
+    graph = model.graph
+    consumed = {name for node in graph.node for name in node.input}
+    consumed.update(output.name for output in graph.output)
+    initializers = {init.name for init in graph.initializer}
+    kept = [i for i in graph.input if i.name in consumed and i.name not in initializers]
+    del graph.input[:]
+    graph.input.extend(kept)
+    if len(kept) != 1:
+        raise CheckpointError(
+            f"{path}: {len(kept)} graph inputs after pruning ({[i.name for i in kept]}), expected one image input"
+        )
+    if len(graph.output) != 1:
+        raise CheckpointError(f"{path}: {len(graph.output)} graph outputs, expected one embedding")
+    return model
+
+
+def _dims(value_info) -> list[int | None]:
+    """Static sizes of a graph input or output; None for a symbolic or unknown dimension."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+class OnnxEmbedder:
+    """Embeddings from an ONNX face-recognition model; see the module docstring for the options."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        providers: list[str] | None = None,
+        pixel_mean: float = INSIGHTFACE_PIXEL_MEAN,
+        pixel_std: float = INSIGHTFACE_PIXEL_STD,
+        channel_order: str = "RGB",
+        threads: int | None = None,
+    ):
+        if channel_order not in CHANNEL_ORDERS:
+            raise ConfigError(f"channel_order: found {channel_order!r}, expected one of {CHANNEL_ORDERS}")
+        if pixel_std == 0:
+            raise ConfigError("pixel_std: found 0, expected a non-zero scale")
+        self.path = Path(path)
+        model = load_pruned_model(self.path)
+        input_dims = _dims(model.graph.input[0])
+        output_dims = _dims(model.graph.output[0])
+        if len(input_dims) != 4 or input_dims[1] != 3:
+            raise CheckpointError(f"{self.path}: input shape {input_dims}, expected N x 3 x H x W")
+        if input_dims[2] is None or input_dims[3] is None or input_dims[2] != input_dims[3]:
+            raise CheckpointError(f"{self.path}: input shape {input_dims}, expected a fixed square H x W")
+        if len(output_dims) != 2 or output_dims[1] is None:
+            raise CheckpointError(f"{self.path}: output shape {output_dims}, expected N x D with a fixed D")
+        self.input_size: int = input_dims[2]
+        self.embedding_size: int = output_dims[1]
+        self.fixed_batch: int | None = input_dims[0]
+        self.pixel_mean = pixel_mean
+        self.pixel_std = pixel_std
+        self.channel_order = channel_order
+        self.session = inference_session(model, threads=threads, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def preprocess(self, images: torch.Tensor) -> np.ndarray:
+        """From facekd's RGB [-1, 1] to what the model was declared to take, as float32 numpy."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ConfigError(f"{self.path}: input of shape {tuple(images.shape)}, expected N x 3 x H x W")
+        images = images.detach().float().cpu()
+        if images.shape[-2:] != (self.input_size, self.input_size):
+            raise ConfigError(
+                f"{self.path}: input of {images.shape[-2]}x{images.shape[-1]} px, "
+                f"expected {self.input_size}x{self.input_size} as the graph declares"
+            )
+        pixels = images * 127.5 + 127.5
+        blob = (pixels - self.pixel_mean) / self.pixel_std
+        if self.channel_order == "BGR":
+            blob = blob.flip(1)
+        return np.ascontiguousarray(blob.numpy(), dtype=np.float32)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        blob = self.preprocess(images)
+        chunk = self.fixed_batch or len(blob)
+        outputs = [
+            self.session.run(None, {self.input_name: blob[start : start + chunk]})[0]
+            for start in range(0, len(blob), max(chunk, 1))
+        ]
+        embeddings = np.concatenate(outputs) if outputs else np.zeros((0, self.embedding_size), np.float32)
+        return torch.from_numpy(embeddings.astype(np.float32, copy=False)).to(images.device)
