@@ -23,12 +23,16 @@ from facekd.errors import DataError
 from facekd.fileio import atomic_write_bytes
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something a .bin never needs."""
+
+
 def _uint8_dtype(name, *args):
     """numpy.dtype, but only for uint8: the one array type a .bin holds."""
     if isinstance(name, bytes):
         name = name.decode("ascii", errors="replace")
     if name != "u1":
-        raise pickle.UnpicklingError(f"numpy dtype {name!r}, expected uint8 ('u1')")
+        raise _Refused(f"numpy dtype {name!r}, expected uint8 ('u1')")
     return np.dtype(name, *args)
 
 
@@ -60,7 +64,7 @@ class _PairsUnpickler(pickle.Unpickler):
             return bytearray
         found = _numpy_global(module, name)
         if found is None:
-            raise pickle.UnpicklingError(
+            raise _Refused(
                 f"global {module}.{name}, expected only bytes, lists, bools and uint8 numpy arrays"
             )
         return found
@@ -77,7 +81,7 @@ def _unpickle(data: bytes, path: Path) -> object:
             return load(encoding="bytes")
     except DataError:
         raise
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise DataError(f"{path}: refused to unpickle: {exc}") from None
     except Exception as exc:  # a truncated or garbled pickle fails in many ways
         raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
