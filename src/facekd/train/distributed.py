@@ -90,7 +90,8 @@ def wrap(task: nn.Module, world: World) -> nn.Module:
     if ignored:
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(task, ignored)
     device_ids = [world.device.index] if world.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(task, device_ids=device_ids, broadcast_buffers=False)
+    # Buffers (BatchNorm statistics) stay per-rank during training, as in arcface_torch.
+    return nn.parallel.DistributedDataParallel(task, device_ids=device_ids, forward_sync_buffers=False)
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
