@@ -73,6 +73,16 @@ class Teacher:
         return tuple(self.network.stage_channels)
 
     @property
+    def embedding_size(self) -> int:
+        spec = getattr(self.network, "spec", None)
+        if spec is not None:
+            return int(spec.kwargs["num_features"])
+        size = getattr(self.network, "embedding_size", None)
+        if size is None:
+            raise ConfigError(f"teacher {self.source}: cannot tell its embedding size (no spec, no embedding_size)")
+        return int(size)
+
+    @property
     def num_classes(self) -> int | None:
         return None if self.centres is None else int(self.centres.shape[0])
 
@@ -219,6 +229,8 @@ class Distiller(Task):
         return x
 
     def teacher_outputs(self, batch: dict[str, Tensor]) -> TeacherOutputs:
+        if not self.teacher_needs:  # e.g. ArcDistill or resolution's kt mode: the teacher need not run
+            return TeacherOutputs()
         if self.cache is not None:
             return self.cache.lookup(batch["index"], batch["flipped"], self.teacher_needs, batch["image"].device)
         return self.teacher.outputs(batch["image"], batch["label"], self.teacher_needs)
