@@ -1,0 +1,9 @@
+"""Backbones (iresnet, mobilefacenet), margin heads, Partial FC and weight loading.
+
+Importing this package registers every backbone in `registry.BACKBONES`.
+"""
+
+from facekd.models import iresnet, mobilefacenet  # noqa: F401  (registers the backbones)
+from facekd.models.backbone import Backbone, BackboneSpec, backbone_spec, build_backbone
+
+__all__ = ["Backbone", "BackboneSpec", "backbone_spec", "build_backbone"]

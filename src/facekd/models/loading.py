@@ -1,0 +1,125 @@
+"""Load backbones from facekd checkpoints or insightface `backbone.pth` files, and save them."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from facekd.errors import CheckpointError
+from facekd.fileio import atomic_open
+from facekd.models.backbone import Backbone, backbone_spec, build_backbone
+from facekd.models.manifest import best_fit, build_manifest, compare, head_options, manifest_of
+from facekd.models.registry import BACKBONES
+
+DDP_PREFIX = "module."
+
+
+def _read(path: str | os.PathLike) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot be read as weights ({_load_failure(exc)})") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """The useful part of torch.load's long multi-line message."""
+    text = str(exc)
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if detail and "Unsupported global" in detail.group(1):
+        return (f"{detail.group(1).split(' was not')[0]}: it holds pickled objects, "
+                f"expected only tensors; save model.state_dict() instead")
+    if detail:
+        return f"not a torch.save file: {detail.group(1).strip()}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _plain_state_dict(path: str | os.PathLike, content: Any) -> dict[str, Tensor]:
+    """Unwrap `{"state_dict": ...}` and strip a DDP `module.` prefix."""
+    if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
+        content = content["state_dict"]
+    if not isinstance(content, Mapping) or not content:
+        raise CheckpointError(
+            f"{path}: found {type(content).__name__}, expected a state_dict (a dict of tensors)"
+        )
+    not_tensors = [key for key, value in content.items() if not isinstance(value, Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"{path}: entry {not_tensors[0]!r} is not a tensor, expected a state_dict of tensors"
+        )
+    if all(str(key).startswith(DDP_PREFIX) for key in content):
+        return {key[len(DDP_PREFIX):]: value for key, value in content.items()}
+    return dict(content)
+
+
+def load_backbone(path: str | os.PathLike, name: str | None = None, **kwargs: Any) -> Backbone:
+    """Build the backbone a weights file describes and load it strictly; returned in eval mode.
+
+    `path` is a facekd checkpoint (with `backbone_name`, `backbone_kwargs`, `backbone`) or
+    an insightface `backbone.pth`. For a plain state_dict without `name` the architecture
+    is recognised from its keys and shapes. `kwargs` override the stored or recognised
+    options (e.g. `fp16=False`).
+    """
+    content = _read(path)
+    if isinstance(content, Mapping) and "backbone_name" in content and "backbone" in content:
+        stored = str(content["backbone_name"])
+        if name is not None and name != stored:
+            raise CheckpointError(f"{path}: holds a {stored} backbone, but {name} was requested")
+        name = stored
+        kwargs = {**dict(content.get("backbone_kwargs") or {}), **kwargs}
+        state_dict = _plain_state_dict(path, content["backbone"])
+    else:
+        state_dict = _plain_state_dict(path, content)
+        found = manifest_of(state_dict)
+        kwargs = {**head_options(found), **kwargs}
+        if name is None:
+            name, diff = best_fit(found, **kwargs)
+            if diff.count:
+                raise CheckpointError(
+                    f"{path}: no known backbone fits these {len(found)} keys; closest is {name} "
+                    f"({diff.describe()}); pass the name and options it was built with"
+                )
+    BACKBONES.get(name)  # an unknown name is a ConfigError naming the known ones
+    _check_fits(path, state_dict, name, kwargs)
+    model = build_backbone(name, **kwargs)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def _check_fits(path: str | os.PathLike, state_dict: Mapping[str, Tensor], name: str,
+                kwargs: dict[str, Any]) -> None:
+    found = manifest_of(state_dict)
+    wanted = build_manifest(name, **kwargs)
+    diff = compare(found, wanted)
+    if not diff.count:
+        return
+    fitting, fitting_diff = best_fit(found, **kwargs)
+    hint = (f"keys fit {fitting}, not {name}" if not fitting_diff.count
+            else f"no known backbone fits (closest: {fitting})")
+    options = ", ".join(f"{key}={value}" for key, value in sorted(kwargs.items()))
+    raise CheckpointError(
+        f"{path}: weights do not fit {name}({options}): {len(found)} keys in file, "
+        f"{len(wanted)} in model; {diff.describe()}; {hint}"
+    )
+
+
+def save_backbone(path: str | os.PathLike, model: nn.Module) -> None:
+    """Write the backbone's state_dict as an insightface-style `backbone.pth`, atomically."""
+    model = getattr(model, "module", model)  # unwrap DDP so keys carry no `module.` prefix
+    state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    with atomic_open(path, "wb") as handle:
+        torch.save(state_dict, handle)
+
+
+def checkpoint_fields(model: nn.Module) -> dict[str, Any]:
+    """The `backbone_name`, `backbone_kwargs` and `backbone` entries of a facekd checkpoint."""
+    name, kwargs = backbone_spec(model)
+    model = getattr(model, "module", model)
+    return {"backbone_name": name, "backbone_kwargs": kwargs, "backbone": model.state_dict()}

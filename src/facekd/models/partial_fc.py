@@ -1,0 +1,242 @@
+"""Partial FC (An et al., arcface_torch's PartialFC_V2): class centres sharded across processes.
+
+Each rank holds a contiguous range of class centres (the first `num_classes % world_size`
+ranks hold one extra). Every step, embeddings and labels are all-gathered, each rank scores
+the whole global batch against its own centres (optionally a sample of them: all positives
+plus random negatives), and the softmax cross-entropy is computed across the shards.
+
+Gradient convention (as arcface_torch): the loss is the mean over the global batch, and
+the gradient reaching this rank's embeddings is `world_size * d loss / d embeddings`, so that
+after DDP averages the backbone's gradients over ranks they equal `d loss / d theta`.
+Class-centre gradients are exact per shard; DDP must not sync the centres.
+
+Without a process group (or with world_size 1) this is the full margin classifier.
+
+Checkpoints: `state_dict()` holds the local shard and its layout (`_extra_state`). To resume
+on another number of processes, gather the full matrix with `full_centres()` (collective)
+or `full_centres_from_shards(...)`, then give each rank `shard_state(full, rank, world_size)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch import Tensor, nn
+
+from facekd.errors import CheckpointError, ConfigError
+from facekd.models.heads import CENTRE_INIT_STD, CombinedMargin, normalized_cosine
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    num_classes: int
+    world_size: int
+    rank: int
+    class_start: int
+    num_local: int
+
+    @classmethod
+    def of(cls, num_classes: int, rank: int, world_size: int) -> "ShardLayout":
+        base, extra = divmod(num_classes, world_size)
+        return cls(num_classes, world_size, rank, base * rank + min(rank, extra), base + int(rank < extra))
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; multiplies the gradient (see the module's gradient convention)."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.factor, None
+
+
+class _ShardedCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy over logits whose classes are split across ranks.
+
+    `labels` index the local columns, -1 where the target lives on another rank.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, distributed: bool) -> Tensor:
+        max_logits = logits.max(dim=1, keepdim=True).values
+        if distributed:
+            dist.all_reduce(max_logits, dist.ReduceOp.MAX)
+        probs = (logits - max_logits).exp_()
+        sums = probs.sum(dim=1, keepdim=True)
+        rows = torch.nonzero(labels != -1).squeeze(1)
+        target_logits = torch.zeros(logits.size(0), device=logits.device, dtype=logits.dtype)
+        target_logits[rows] = logits[rows, labels[rows]]
+        if distributed:
+            dist.all_reduce(sums, dist.ReduceOp.SUM)
+            dist.all_reduce(target_logits, dist.ReduceOp.SUM)
+        probs.div_(sums)
+        ctx.save_for_backward(probs, rows, labels)
+        # log-sum-exp form: exact even where arcface_torch's clamp of p at 1e-30 would bite
+        # (it reports at most 69.08 per sample early in training); the gradient is the same.
+        return (sums.squeeze(1).log() + max_logits.squeeze(1) - target_logits).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        probs, rows, labels = ctx.saved_tensors
+        # (softmax - one_hot) / N, built in the saved buffer: the graph cannot be replayed.
+        probs[rows, labels[rows]] -= 1.0
+        probs.mul_(grad / probs.size(0))
+        return probs, None, None
+
+
+class PartialFC(nn.Module):
+    def __init__(self, embedding_size: int, num_classes: int, margin: CombinedMargin | None = None,
+                 *, sample_rate: float = 1.0, fp16: bool = False) -> None:
+        super().__init__()
+        if not 0.0 < sample_rate <= 1.0:
+            raise ConfigError(f"partial FC sample_rate: found {sample_rate}, expected 0 < rate <= 1")
+        rank, world_size = _distributed()
+        if num_classes < world_size:
+            raise ConfigError(f"partial FC: {num_classes} classes cannot be split over {world_size} ranks")
+        self.layout = ShardLayout.of(num_classes, rank, world_size)
+        self.margin = margin if margin is not None else CombinedMargin()
+        self.sample_rate = sample_rate
+        self.fp16 = fp16
+        self.embedding_size = embedding_size
+        self.num_sample = int(sample_rate * self.layout.num_local)
+        self.weight = nn.Parameter(
+            torch.normal(0.0, CENTRE_INIT_STD, (self.layout.num_local, embedding_size))
+        )
+
+    def extra_repr(self) -> str:
+        layout = self.layout
+        return (f"classes [{layout.class_start}, {layout.class_start + layout.num_local}) of "
+                f"{layout.num_classes}, rank {layout.rank}/{layout.world_size}, "
+                f"sample_rate={self.sample_rate}")
+
+    def get_extra_state(self) -> dict[str, int]:
+        return asdict(self.layout)
+
+    def set_extra_state(self, state: Any) -> None:
+        saved = ShardLayout(**state)
+        if saved != self.layout:
+            raise CheckpointError(
+                f"partial FC shard: saved {_describe(saved)}, this process holds {_describe(self.layout)}; "
+                f"re-shard with full_centres_from_shards() and shard_state()"
+            )
+
+    @property
+    def distributed(self) -> bool:
+        return self.layout.world_size > 1
+
+    def forward(self, embeddings: Tensor, labels: Tensor,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """`embeddings` (B, E) and `labels` (B,) of this rank; every rank must pass the same B.
+
+        `generator` drives the negative sampling when sample_rate < 1 (default: torch's).
+        """
+        labels = labels.reshape(-1).long()
+        if self.distributed:
+            embeddings = _ScaleGradient.apply(embeddings, float(self.layout.world_size))
+            embeddings = torch.cat(dist_nn.all_gather(embeddings))
+            gathered = [torch.empty_like(labels) for _ in range(self.layout.world_size)]
+            dist.all_gather(gathered, labels)
+            labels = torch.cat(gathered)
+
+        start, count = self.layout.class_start, self.layout.num_local
+        local = (labels >= start) & (labels < start + count)
+        local_labels = torch.where(local, labels - start, torch.full_like(labels, -1))
+        centres = self.weight
+        if self.num_sample < count:
+            index = self._sample(local_labels[local], generator)
+            local_labels[local] = torch.searchsorted(index, local_labels[local])
+            centres = self.weight[index]
+
+        cosine = normalized_cosine(embeddings, centres, self.fp16)
+        logits = self.margin(cosine, local_labels)
+        return {"loss": _ShardedCrossEntropy.apply(logits, local_labels, self.distributed)}
+
+    def _sample(self, positives: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Sorted local indices: every positive class plus random negatives, `num_sample` in all."""
+        with torch.no_grad():
+            positives = torch.unique(positives, sorted=True)
+            if positives.numel() >= self.num_sample:
+                return positives
+            scores = torch.rand(self.layout.num_local, generator=generator,
+                                device=self.weight.device)
+            scores[positives] = 2.0  # above any random score: always chosen
+            return torch.topk(scores, self.num_sample).indices.sort().values
+
+    def full_centres(self) -> Tensor:
+        """All class centres (num_classes, E) on every rank; a collective under torch.distributed."""
+        return self.gather_shard_rows(self.weight.detach())
+
+    def gather_shard_rows(self, local: Tensor) -> Tensor:
+        """Concatenate a per-class tensor sharded like the centres (e.g. optimiser momentum)."""
+        if not self.distributed:
+            return local.clone()
+        longest = max(ShardLayout.of(self.layout.num_classes, r, self.layout.world_size).num_local
+                      for r in range(self.layout.world_size))
+        padded = local.new_zeros((longest, *local.shape[1:]))
+        padded[: local.size(0)] = local
+        pieces = [torch.empty_like(padded) for _ in range(self.layout.world_size)]
+        dist.all_gather(pieces, padded)
+        counts = [ShardLayout.of(self.layout.num_classes, r, self.layout.world_size).num_local
+                  for r in range(self.layout.world_size)]
+        return torch.cat([piece[:n] for piece, n in zip(pieces, counts)])
+
+    def load_full_centres(self, full: Tensor) -> None:
+        """Take this rank's rows of a full (num_classes, E) centre matrix."""
+        self.load_state_dict(shard_state(full, self.layout.rank, self.layout.world_size))
+
+
+def _describe(layout: ShardLayout) -> str:
+    end = layout.class_start + layout.num_local
+    return (f"classes [{layout.class_start}, {end}) of {layout.num_classes} "
+            f"on rank {layout.rank}/{layout.world_size}")
+
+
+def shard_rows(full: Tensor, rank: int, world_size: int) -> Tensor:
+    """This rank's contiguous slice of a per-class tensor (centres or their optimiser state)."""
+    layout = ShardLayout.of(full.size(0), rank, world_size)
+    return full[layout.class_start: layout.class_start + layout.num_local].clone()
+
+
+def shard_state(full_weight: Tensor, rank: int, world_size: int) -> dict[str, Any]:
+    """A PartialFC state_dict for `rank` of `world_size`, cut from the full centre matrix."""
+    layout = ShardLayout.of(full_weight.size(0), rank, world_size)
+    return {"weight": shard_rows(full_weight, rank, world_size), "_extra_state": asdict(layout)}
+
+
+def full_centres_from_shards(shard_states: Sequence[Mapping[str, Any]]) -> Tensor:
+    """Reassemble the (num_classes, E) centres from every rank's PartialFC state_dict."""
+    layouts = [ShardLayout(**state["_extra_state"]) for state in shard_states]
+    layouts_and_weights = sorted(zip(layouts, (s["weight"] for s in shard_states)),
+                                 key=lambda pair: pair[0].rank)
+    if not layouts:
+        raise CheckpointError("partial FC: no shards given")
+    num_classes, world_size = layouts[0].num_classes, layouts[0].world_size
+    ranks = [layout.rank for layout, _ in layouts_and_weights]
+    if ranks != list(range(world_size)) or any(
+        layout != ShardLayout.of(num_classes, layout.rank, world_size) for layout in layouts
+    ):
+        raise CheckpointError(
+            f"partial FC: shards of ranks {ranks} do not make up one {world_size}-way split "
+            f"of {num_classes} classes"
+        )
+    for layout, weight in layouts_and_weights:
+        if weight.size(0) != layout.num_local:
+            raise CheckpointError(
+                f"partial FC shard of rank {layout.rank}: weight has {weight.size(0)} rows, "
+                f"its layout says {layout.num_local}"
+            )
+    return torch.cat([weight for _, weight in layouts_and_weights])
