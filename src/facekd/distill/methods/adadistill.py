@@ -55,7 +55,6 @@ from facekd.distill.methods.arcdistill import (
     centre_cosine_matrix,
     margin_from_options,
 )
-from facekd.distill.methods.shrinkteanet import teacher_embedding_size
 from facekd.errors import ConfigError
 from facekd.models.heads import CombinedMargin
 
@@ -138,7 +137,7 @@ class AdaDistill(Distiller):
         margin = margin_from_options("adadistill", options.loss, options.s, options.m_arcface, options.m_cosface)
         teacher = setup.teacher
         teacher.require(EMBEDDING)
-        size = teacher_embedding_size(teacher)
+        size = teacher.embedding_size
         student = build_student_with_embedding(setup, "adadistill", size)
         loss = AdaptiveCentreLoss(setup.num_classes, size, margin, alpha=options.alpha)
         return cls(student, loss, teacher, backbone_spec=(setup.student.name, dict(setup.student.kwargs)),

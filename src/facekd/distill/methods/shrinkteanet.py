@@ -100,14 +100,6 @@ def probe_features(network: nn.Module, input_size: int) -> dict:
         network.train(was_training)
 
 
-def teacher_embedding_size(teacher: Teacher) -> int:
-    """The teacher's embedding size, from one pass over a zero batch (works for embedding-only teachers)."""
-    device = module_device(teacher.network)
-    zeros = torch.zeros(2, 3, teacher.input_size, teacher.input_size, dtype=torch.uint8, device=device)
-    labels = torch.zeros(2, dtype=torch.long, device=device)
-    return int(teacher.outputs(zeros, labels, frozenset({EMBEDDING})).embedding.shape[1])
-
-
 def check_stage_sizes(student: list[Tensor], teacher: list[Tensor], stages: tuple[int, ...]) -> None:
     for stage in stages:
         s_size, t_size = tuple(student[stage - 1].shape[-2:]), tuple(teacher[stage - 1].shape[-2:])
@@ -175,9 +167,7 @@ class ShrinkTeaNet(Distiller):
                 adapters[str(stage)] = stage_adapter(
                     student.stage_channels[stage - 1], teacher.stage_channels[stage - 1]
                 )
-            teacher_size = teacher_features["embedding"].shape[1]
-        else:
-            teacher_size = teacher_embedding_size(teacher)
+        teacher_size = teacher.embedding_size
         student_size = student_features["embedding"].shape[1]
         final_adapter = nn.Identity() if student_size == teacher_size else nn.Linear(student_size, teacher_size, bias=False)
         head = MarginClassifier(student_size, setup.num_classes, CombinedMargin(*setup.margin))

@@ -1,0 +1,72 @@
+"""The shared shape of embedding-level methods: identity loss + weight * a loss on embeddings.
+
+FitNet, RKD, SP, CC, DarkRank, EKD and triplet distillation all train a fresh student with a
+margin head and add one term that compares the student's batch of embeddings with the
+teacher's. Each of those methods is a `FeatureDistiller` subclass that only names its loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from facekd.distill.base import EMBEDDING, Distiller, DistillSetup, Teacher, TeacherOutputs, parse_options
+from facekd.models import build_backbone
+from facekd.models.heads import CombinedMargin, MarginClassifier
+
+
+@dataclass
+class FeatureOptions:
+    weight: float = 1.0  # of the distillation term
+    identity_weight: float = 1.0  # of the margin-softmax identity loss
+
+
+def build_student(setup: DistillSetup) -> nn.Module:
+    kwargs = dict(setup.student.kwargs)
+    kwargs.setdefault("input_size", setup.student.input_size)
+    return build_backbone(setup.student.name, **kwargs)
+
+
+def embedding_size(backbone: nn.Module) -> int:
+    return int(backbone.spec.kwargs["num_features"])
+
+
+def build_margin_head(setup: DistillSetup, size: int) -> MarginClassifier:
+    return MarginClassifier(size, setup.num_classes, CombinedMargin(*setup.margin))
+
+
+class FeatureDistiller(Distiller):
+    """Student + margin head, trained with `identity_weight * CE + weight * loss(e_s, e_t, y)`."""
+
+    teacher_needs = frozenset({EMBEDDING})
+    Options: ClassVar[type] = FeatureOptions
+
+    def __init__(self, student: nn.Module, head: nn.Module, loss: nn.Module, teacher: Teacher, *,
+                 options: Any, input_size: int) -> None:
+        spec = student.spec
+        super().__init__(student, teacher, backbone_spec=(spec.name, dict(spec.kwargs)), input_size=input_size)
+        self.head = head
+        self.distill_loss = loss
+        self.options = options
+
+    @classmethod
+    def make_loss(cls, options: Any, student_size: int, teacher_size: int) -> nn.Module:
+        raise NotImplementedError(f"{cls.__qualname__} must implement make_loss")
+
+    @classmethod
+    def create(cls, setup: DistillSetup) -> "FeatureDistiller":
+        options = parse_options(cls.Options, setup.options, f"distill.options ({cls.name})")
+        student = build_student(setup)
+        size = embedding_size(student)
+        teacher_size = setup.teacher.embedding_size
+        loss = cls.make_loss(options, size, teacher_size)
+        return cls(student, build_margin_head(setup, size), loss, setup.teacher,
+                   options=options, input_size=setup.student.input_size)
+
+    def forward_train(self, images: Tensor, labels: Tensor, teacher: TeacherOutputs) -> dict[str, Tensor]:
+        embedding = self.backbone(images).float()
+        identity = self.head(embedding, labels)["loss"]
+        term = self.distill_loss(embedding, teacher.embedding, labels)
+        return {"loss_cls": self.options.identity_weight * identity, "loss_kd": self.options.weight * term}
