@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from facekd.errors import CheckpointError
 from facekd.fileio import atomic_open
@@ -110,6 +109,11 @@ def load_training_state(checkpoint: dict, task: Task, optimizer: torch.optim.Opt
         for key, value in slot.items():
             if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == spec["total"]:
                 slot[key] = _slice_rows(value, spec, f"{name} ({key})", source)
+    # A sharded module's extra state describes the saving process's shard: use this process's.
+    current = task.state_dict()
+    for key in current:
+        if key.endswith("._extra_state") and any(name.startswith(key[: -len("_extra_state")]) for name in layout):
+            task_state[key] = current[key]
     missing, unexpected = task.load_state_dict(task_state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -125,11 +129,6 @@ def load_training_state(checkpoint: dict, task: Task, optimizer: torch.optim.Opt
 def save(path: str | Path, payload: dict[str, Any]) -> None:
     with atomic_open(path, "wb") as handle:
         torch.save(payload, handle)
-
-
-def save_backbone(path: str | Path, backbone: nn.Module) -> None:
-    """An insightface-style `backbone.pth`: the bare state_dict."""
-    save(path, {k: v.detach().cpu() for k, v in backbone.state_dict().items()})
 
 
 def load(path: str | Path) -> dict[str, Any]:

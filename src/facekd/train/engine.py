@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from facekd.data import transforms
 from facekd.errors import ConfigError, FacekdError
+from facekd.models.loading import save_backbone
 from facekd.train import checkpoint as ckpt
 from facekd.train import distributed as dist
 from facekd.train.config import ExperimentConfig, to_dict
@@ -310,7 +311,7 @@ class Trainer:
             improved = score is None or self.best_score is None or score > self.best_score
             if improved:
                 self.best_score = score
-                ckpt.save_backbone(self.out_dir / BEST_BACKBONE_NAME, self.task.backbone)
+                save_backbone(self.out_dir / BEST_BACKBONE_NAME, self.task.backbone)
             if log is not None and scores:
                 log.write({"step": self.step, "epoch": self.epoch, "eval": scores, "best": self.best_score})
                 tqdm.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))

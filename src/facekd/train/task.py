@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from facekd.data import transforms
+from facekd.models.partial_fc import PartialFC
 
 
 class Task(nn.Module):
@@ -61,8 +62,10 @@ class ClassificationTask(Task):
         return {"loss_cls": out["loss"]}
 
     def ddp_ignored(self) -> list[str]:
-        return [f"head.{name}" for name in getattr(self.head, "ddp_ignored", lambda: [])()]
+        return ["head.weight"] if isinstance(self.head, PartialFC) and self.head.distributed else []
 
     def shard_layout(self) -> dict[str, dict[str, int]]:
-        layout = getattr(self.head, "shard_layout", lambda: {})()
-        return {f"head.{name}": spec for name, spec in layout.items()}
+        if not isinstance(self.head, PartialFC):
+            return {}
+        layout = self.head.layout
+        return {"head.weight": {"offset": layout.class_start, "rows": layout.num_local, "total": layout.num_classes}}

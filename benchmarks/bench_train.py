@@ -1,0 +1,132 @@
+"""Training throughput on CPU: the facekd engine against a bare PyTorch loop of the same model.
+
+Both loops train the same ClassificationTask (backbone + ArcFace head) on the same in-memory
+112x112 uint8 images with the same DataLoader settings, batch flip, gradient clipping and SGD.
+Runs alternate (engine, bare, engine, bare, ...) and the medians are compared, because the
+machine is shared. Time is measured from the forward call after the warm-up steps to the last
+one, so start-up and the end-of-epoch checkpoint are excluded (they are per epoch, not per step).
+A second table compares bf16 autocast with fp32 inside the engine.
+
+    python benchmarks/bench_train.py [--rounds 3] [--steps 8] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from facekd.data import transforms
+from facekd.data.training import TrainSamples
+from facekd.models import build_backbone
+from facekd.models.heads import CombinedMargin, MarginClassifier
+from facekd.train.config import ExperimentConfig
+from facekd.train.engine import Trainer, seed_everything
+from facekd.train.task import ClassificationTask
+
+WARMUP = 2
+NUM_CLASSES = 1000
+
+
+class RandomFaces:
+    def __init__(self, count: int, size: int = 112) -> None:
+        rng = np.random.default_rng(0)
+        self.images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+        self.labels = rng.integers(0, NUM_CLASSES, count).astype(np.int64)
+        self.num_classes = NUM_CLASSES
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], int(self.labels[index])
+
+
+class Timed(ClassificationTask):
+    """Records the time of every forward call."""
+
+    def forward(self, batch):
+        self.stamps.append(time.perf_counter())
+        return super().forward(batch)
+
+
+def make_task(name: str, input_size: int) -> Timed:
+    seed_everything(0)
+    backbone = build_backbone(name, input_size=input_size)
+    head = MarginClassifier(512, NUM_CLASSES, CombinedMargin(64.0, 1.0, 0.5, 0.0))
+    task = Timed(backbone, head, input_size, backbone_spec=(name, backbone.spec.kwargs))
+    task.stamps = []
+    return task
+
+
+def images_per_second(stamps: list[float], batch: int) -> float:
+    return (len(stamps) - 1 - WARMUP) * batch / (stamps[-1] - stamps[WARMUP])
+
+
+def run_engine(name: str, size: int, data: TrainSamples, batch: int, workers: int, amp: str = "off") -> float:
+    task = make_task(name, size)
+    config = ExperimentConfig()
+    config.schedule.warmup_steps = 2
+    train = config.train
+    train.epochs, train.batch_size, train.workers, train.amp = 1, batch, workers, amp
+    train.log_interval, train.progress = 5, True
+    with tempfile.TemporaryDirectory() as out:
+        train.out = out
+        Trainer(task, data, config).fit()
+    return images_per_second(task.stamps, batch)
+
+
+def run_bare(name: str, size: int, data: TrainSamples, batch: int, workers: int) -> float:
+    task = make_task(name, size)
+    task.train()
+    optimizer = torch.optim.SGD(task.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True,
+                                         num_workers=workers, persistent_workers=workers > 0)
+    for step, batch_data in enumerate(loader):
+        generator = torch.Generator().manual_seed(step)
+        batch_data["image"], batch_data["flipped"] = transforms.random_flip(batch_data["image"], generator)
+        loss = task(batch_data)["loss_cls"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(task.backbone.parameters(), 5.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return images_per_second(task.stamps, batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8, help="steps per run, the first 2 untimed")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--models", default="mbf:112,r18:112,mbf:64,r18:64")
+    args = parser.parse_args()
+    data = TrainSamples(RandomFaces(args.batch * args.steps))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"{args.steps} steps per run, {args.rounds} rounds, {args.workers} loader worker(s)")
+    print(f"{'model':10} {'engine img/s':>13} {'bare img/s':>11} {'engine/bare':>12}")
+    for item in args.models.split(","):
+        name, size = item.split(":")
+        engine, bare = [], []
+        for _ in range(args.rounds):
+            engine.append(run_engine(name, int(size), data, args.batch, args.workers))
+            bare.append(run_bare(name, int(size), data, args.batch, args.workers))
+        e, b = statistics.median(engine), statistics.median(bare)
+        print(f"{name + '@' + size:10} {e:13.1f} {b:11.1f} {e / b:12.3f}", flush=True)
+    print(f"\n{'model':10} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10}")
+    for item in args.models.split(",")[:2]:
+        name, size = item.split(":")
+        fp32, bf16 = [], []
+        for _ in range(args.rounds):
+            fp32.append(run_engine(name, int(size), data, args.batch, args.workers, amp="off"))
+            bf16.append(run_engine(name, int(size), data, args.batch, args.workers, amp="bf16"))
+        f, h = statistics.median(fp32), statistics.median(bf16)
+        print(f"{name + '@' + size:10} {f:11.1f} {h:11.1f} {h / f:10.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
