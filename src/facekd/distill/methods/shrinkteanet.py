@@ -150,7 +150,8 @@ class ShrinkTeaNet(Distiller):
     def create(cls, setup: DistillSetup) -> "ShrinkTeaNet":
         options = parse_options(cls.Options, setup.options, "shrinkteanet")
         stages = tuple(options.stages)
-        if any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 3 for s in stages) or len(set(stages)) != len(stages):
+        valid = all(type(s) is int and 1 <= s <= 3 for s in stages) and len(set(stages)) == len(stages)
+        if not valid:
             raise ConfigError(f"shrinkteanet.stages: found {list(stages)}, expected distinct stage numbers among 1, 2, 3")
         options.stages = tuple(sorted(stages))
         FeatureDistance(options.loss)  # validates the name before anything is built
@@ -169,7 +170,9 @@ class ShrinkTeaNet(Distiller):
                 )
         teacher_size = teacher.embedding_size
         student_size = student_features["embedding"].shape[1]
-        final_adapter = nn.Identity() if student_size == teacher_size else nn.Linear(student_size, teacher_size, bias=False)
+        final_adapter = (
+            nn.Identity() if student_size == teacher_size else nn.Linear(student_size, teacher_size, bias=False)
+        )
         head = MarginClassifier(student_size, setup.num_classes, CombinedMargin(*setup.margin))
         return cls(
             student,
