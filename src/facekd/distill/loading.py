@@ -1,0 +1,83 @@
+"""Load a teacher from a facekd checkpoint, an insightface backbone.pth (+ head) or an ONNX file.
+
+Any failure stops the run with a one-line error: a teacher that silently falls back to random
+weights is the field's classic mistake.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from facekd.distill.base import Teacher
+from facekd.distill.config import TeacherConfig
+from facekd.errors import CheckpointError, ConfigError
+
+DEFAULT_INPUT_SIZE = 112
+
+
+def load_centres(path: Path) -> Tensor:
+    """Class centres from .npy or a .pt holding a C x D tensor or a state_dict with one `weight`."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: teacher head file not found")
+    try:
+        if path.suffix == ".npy":
+            content = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one line naming it
+        raise CheckpointError(f"{path}: cannot read teacher head ({type(exc).__name__}: {exc})") from None
+    if isinstance(content, dict):
+        weights = [v for k, v in content.items() if k.split(".")[-1] == "weight" and getattr(v, "ndim", 0) == 2]
+        if len(weights) != 1:
+            raise CheckpointError(f"{path}: expected one 2-D 'weight' tensor (class centres), found keys {sorted(content)[:6]}")
+        content = weights[0]
+    if not isinstance(content, Tensor) or content.ndim != 2:
+        raise CheckpointError(f"{path}: expected a C x D tensor of class centres, found {type(content).__name__}")
+    return content.float()
+
+
+def load_teacher(config: TeacherConfig) -> Teacher:
+    if not config.path:
+        raise ConfigError("teacher.path: empty, expected a facekd checkpoint, a backbone.pth or an .onnx file")
+    path = Path(config.path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: teacher file not found")
+    if path.suffix == ".onnx":
+        return _onnx_teacher(path, config)
+    from facekd.models.loading import load_backbone
+
+    network = load_backbone(path, config.arch or None, **config.kwargs)
+    centres = load_centres(Path(config.head)) if config.head else _checkpoint_centres(path)
+    if centres is not None and centres.shape[1] != network.spec.kwargs["num_features"]:
+        raise CheckpointError(
+            f"{config.head or path}: class centres are {centres.shape[1]}-d, the teacher's embedding is "
+            f"{network.spec.kwargs['num_features']}-d"
+        )
+    input_size = config.input_size or int(network.spec.kwargs.get("input_size", DEFAULT_INPUT_SIZE))
+    return Teacher(network, input_size=input_size, centres=centres, source=str(path))
+
+
+def _checkpoint_centres(path: Path) -> Tensor | None:
+    """The full class-centre matrix a facekd training checkpoint holds (None for other files)."""
+    content = torch.load(path, map_location="cpu", weights_only=True)
+    task = content.get("task") if isinstance(content, dict) else None
+    if not isinstance(task, dict):
+        return None
+    weight = task.get("head.weight")
+    return weight.float() if isinstance(weight, Tensor) and weight.ndim == 2 else None
+
+
+def _onnx_teacher(path: Path, config: TeacherConfig) -> Teacher:
+    from facekd.deploy.onnx_teacher import OnnxEmbedder
+
+    if config.head:
+        raise ConfigError(f"teacher.head: ONNX teachers are embedding-only; {config.head} cannot be attached")
+    embedder = OnnxEmbedder(path, pixel_mean=config.onnx_pixel_mean, pixel_std=config.onnx_pixel_std,
+                            channel_order=config.onnx_channel_order)
+    if config.input_size and config.input_size != embedder.input_size:
+        raise ConfigError(f"teacher.input_size: {config.input_size}, but {path} declares {embedder.input_size} px")
+    return Teacher(embedder, input_size=embedder.input_size, source=str(path))

@@ -1,0 +1,91 @@
+"""From a distillation config to a trained student: teacher, method, cache, then the engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from facekd.distill.base import CACHEABLE_OUTPUTS, Distiller, DistillSetup, StudentSpec, distiller_class
+from facekd.distill.cache import TeacherCache, file_fingerprint
+from facekd.distill.config import DistillExperimentConfig
+from facekd.distill.loading import load_teacher
+from facekd.errors import ConfigError
+from facekd.train.build import backbone_options, bin_evaluator, open_train_samples
+from facekd.train.distributed import World, is_distributed
+from facekd.train.engine import Trainer, TrainResult
+
+CACHE_MODES = ("auto", "on", "off")
+
+
+def build_setup(config: DistillExperimentConfig, num_classes: int, device: torch.device) -> DistillSetup:
+    head = config.head
+    extra = {"attributes": Path(config.distill.attributes)} if config.distill.attributes else {}
+    return DistillSetup(
+        teacher=load_teacher(config.teacher).to(device),
+        student=StudentSpec(config.model.backbone, backbone_options(config), config.model.input_size),
+        num_classes=num_classes,
+        margin=(head.s, head.m1, head.m2, head.m3),
+        options=dict(config.distill.options),
+        out_dir=Path(config.train.out),
+        extra_data=extra,
+    )
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facekd" / "teacher"
+
+
+def cache_fingerprint(config: DistillExperimentConfig, distiller: Distiller, num_samples: int) -> dict:
+    data = Path(config.data.train)
+    data_file = data / "train.rec" if (data / "train.rec").is_file() else data
+    return {
+        "teacher": file_fingerprint(config.teacher.path),
+        "teacher_input_size": distiller.teacher.input_size,
+        "data": file_fingerprint(data_file),
+        "num_samples": num_samples,
+        "fields": sorted(distiller.teacher_needs),
+        "dtype": config.distill.cache_dtype,
+    }
+
+
+def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples, world: World) -> TeacherCache | None:
+    """Serve teacher outputs from disk when the method allows it (or refuse when `on` is impossible)."""
+    mode = config.distill.cache
+    if mode not in CACHE_MODES:
+        raise ConfigError(f"distill.cache: found {mode!r}, expected one of {', '.join(CACHE_MODES)}")
+    possible = distiller.cacheable and distiller.teacher_needs <= CACHEABLE_OUTPUTS
+    if mode == "off" or (mode == "auto" and not possible):
+        return None
+    if not possible:
+        raise ConfigError(
+            f"distill.cache: on, but method {distiller.name!r} needs {sorted(distiller.teacher_needs)} "
+            "from the live teacher (stage maps or full logits cannot be cached)"
+        )
+    fingerprint = cache_fingerprint(config, distiller, len(samples))
+    digest = hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(config.distill.cache_dir or default_cache_dir()) / digest
+    cache = TeacherCache.open(root, fingerprint) if world.is_main else None
+    if world.is_main and cache is None:
+        cache = TeacherCache.build(
+            root, distiller.teacher, samples, distiller.teacher_needs, fingerprint,
+            batch_size=config.train.batch_size, num_workers=config.train.workers,
+            dtype=config.distill.cache_dtype, device=world.device, progress=config.train.progress)
+    if is_distributed():
+        torch.distributed.barrier()  # the other ranks wait for rank 0's build, then map the files
+        cache = TeacherCache.open(root, fingerprint)
+    distiller.use_cache(cache)
+    return cache
+
+
+def distill(config: DistillExperimentConfig, world: World) -> TrainResult:
+    method = distiller_class(config.distill.method)
+    samples = open_train_samples(config.data)
+    setup = build_setup(config, samples.num_classes, world.device)
+    evaluator = bin_evaluator(config, world.device) if world.is_main else None
+    distiller = method.create(setup)
+    attach_cache(distiller, config, samples, world)
+    return Trainer(distiller, samples, config, world=world, evaluator=evaluator).fit()
