@@ -113,12 +113,15 @@ def test_switches_follow_arcface_torch_meaning(tmp_path):
     np.testing.assert_allclose(plain.scores, want, rtol=0, atol=1e-12)
 
 
-def test_dense_and_sparse_scoring_agree():
+@pytest.mark.parametrize("block_entries", [1 << 27, 100])  # one Gram block; many row blocks
+def test_dense_and_sparse_scoring_agree(monkeypatch, block_entries):
+    monkeypatch.setattr(ijb, "GRAM_BLOCK_ENTRIES", block_entries)
     rng = np.random.default_rng(4)
     feats = rng.normal(size=(300, 32))
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     ids = np.arange(300) * 3
     dense = np.stack(np.meshgrid(ids[:20], ids[20:]), -1).reshape(-1, 2)  # every pair: Gram path
+    dense = dense[rng.permutation(len(dense))]  # pairs in no particular order
     sparse = rng.choice(ids, size=(50, 2))  # few pairs over many templates: per-pair path
     for pairs in (dense, sparse):
         rows = pairs // 3

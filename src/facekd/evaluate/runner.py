@@ -1,0 +1,141 @@
+"""What `facekd eval` runs: embed each target with one model (or take saved embeddings), score it
+with the matching evaluator, print the headline numbers and write the reports."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facekd.data import RecordIODataset, load_pairs_bin
+from facekd.errors import ConfigError, DataError
+from facekd.evaluate import identification, ijb, report, verification
+from facekd.evaluate.embed import embed_images, evaluate_bin
+from facekd.fileio import atomic_open
+
+
+class ImagesOf:
+    """The images of a face dataset (`ds[i] -> (image, label)`) as a sequence of images."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.dataset[index][0]
+
+
+@dataclass
+class Evaluation:
+    """One model (or one embeddings file) evaluated on several targets, reports under `out`."""
+
+    out: Path
+    name: str
+    model: torch.nn.Module | None
+    embeddings_path: Path | None
+    device: torch.device
+    input_size: int | None
+    batch_size: int
+    nfolds: int
+    progress: bool
+    norm_score: bool
+    detector_score: bool
+    flip_test: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Evaluation:
+        from facekd.models.backbone import backbone_spec
+        from facekd.models.loading import load_backbone
+        from facekd.runtime import pick_device
+
+        device = pick_device(args.device)
+        model, input_size = None, args.input_size
+        if args.model is not None:
+            overrides = {} if args.input_size is None else {"input_size": args.input_size}
+            model = load_backbone(args.model, args.arch, **overrides).to(device)
+            input_size = backbone_spec(model)[1].get("input_size", input_size)
+        source = args.model if args.model is not None else args.embeddings
+        return cls(
+            out=args.out, name=args.name or Path(source).stem, model=model, embeddings_path=args.embeddings,
+            device=device, input_size=input_size, batch_size=args.batch_size, nfolds=args.nfolds,
+            progress=not args.no_progress, norm_score=args.norm_score, detector_score=args.detector_score,
+            flip_test=args.flip_test,
+        )
+
+    def verification(self, bin_path: Path) -> verification.VerificationResult:
+        if self.model is not None:
+            result = evaluate_bin(
+                self.model, bin_path, batch_size=self.batch_size, device=self.device,
+                input_size=self.input_size, nfolds=self.nfolds, progress=self.progress,
+            )
+        else:
+            _, issame = load_pairs_bin(bin_path)
+            result = verification.evaluate(self._saved_embeddings(), issame, nfolds=self.nfolds)
+        stem = Path(bin_path).stem
+        xnorm = "" if result.xnorm is None else f"  XNorm {result.xnorm:.5f}"
+        print(f"[{stem}] Accuracy-Flip: {result.accuracy:.5f}+-{result.std:.5f}{xnorm}  "
+              f"VAL@FAR=1e-3: {result.val:.5f}+-{result.val_std:.5f}")
+        self._report(stem, f"{stem} verification", report.verification_summary(result),
+                     report.verification_curve(result), report.VERIFICATION_AXES)
+        return result
+
+    def ijb(self, root: Path, target: str) -> ijb.IJBResult:
+        meta = ijb.read_ijb_meta(root, target)
+        if self.model is not None:
+            features = self._embed(ijb.AlignedIJBImages(meta), flip=self.flip_test)
+        else:
+            features = self._saved_embeddings()
+        result = ijb.evaluate_ijb(
+            features, meta, use_norm_score=self.norm_score, use_detector_score=self.detector_score
+        )
+        with atomic_open(self.out / f"{target.lower()}.npy", "wb") as handle:
+            np.save(handle, result.scores)
+        table = "  ".join(f"{far:.0e}: {100 * tar:.2f}" for far, tar in result.tar_at_far.items())
+        print(f"[{target}] TAR@FAR  {table}")
+        self._report(target.lower(), f"{target} 1:1 verification", report.ijb_summary(result),
+                     report.ijb_curve(result), report.IJB_AXES)
+        return result
+
+    def identification(self, folder: Path) -> identification.IdentificationResult:
+        if self.model is None:
+            raise ConfigError("--ident: needs --model, saved embeddings are not supported for 1:N")
+        gallery_set, probe_set = RecordIODataset(folder / "gallery"), RecordIODataset(folder / "probe")
+        gallery, gallery_ids = identification.subject_templates(
+            self._embed(ImagesOf(gallery_set)), gallery_set.labels
+        )
+        probes = identification.unit_rows(self._embed(ImagesOf(probe_set)))
+        distractors = None
+        if (folder / "distractors").exists():
+            distractors = identification.unit_rows(self._embed(ImagesOf(RecordIODataset(folder / "distractors"))))
+        result = identification.identify(probes, probe_set.labels, gallery, gallery_ids, distractor_feats=distractors)
+        ranks = "  ".join(f"rank-{k}: {100 * rate:.2f}" for k, rate in result.rank_rates.items())
+        tpir = "  ".join(f"TPIR@FPIR={f:g}: {100 * t:.2f}" for f, t in result.tpir_at_fpir.items())
+        print(f"[{folder.name}] {ranks}  {tpir}")
+        self._report("identification", "1:N identification", report.identification_summary(result),
+                     report.identification_curve(result), report.IDENTIFICATION_AXES)
+        return result
+
+    def _embed(self, images, flip: bool = True) -> np.ndarray:
+        return embed_images(
+            self.model, images, batch_size=self.batch_size, device=self.device,
+            input_size=self.input_size, flip=flip, progress=self.progress,
+        )
+
+    def _saved_embeddings(self) -> np.ndarray:
+        try:
+            return np.load(self.embeddings_path, allow_pickle=False)
+        except FileNotFoundError:
+            raise DataError(f"{self.embeddings_path}: file not found, expected a .npy of embeddings") from None
+        except ValueError as exc:
+            raise DataError(f"{self.embeddings_path}: not a plain .npy array ({exc})") from None
+
+    def _report(self, stem, title, summary, curve, axes) -> None:
+        paths = report.write_report(self.out, stem, title=title, model=self.name, summary=summary,
+                                    curve=curve, axes=axes)
+        print(f"  wrote {', '.join(os.fspath(p) for p in paths.values())}")
