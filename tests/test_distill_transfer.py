@@ -24,7 +24,7 @@ from facekd.distill.alignment import (
 )
 from facekd.distill.base import DistillSetup, StudentSpec
 from facekd.distill.celeba_faces import CelebAFaces
-from facekd.distill.methods.transfer import HintonKD, TransferDistiller
+from facekd.distill.methods.transfer import TransferDistiller
 from facekd.distill.width_init import COMPRESSED, COPIED, init_from_teacher
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
@@ -40,7 +40,7 @@ def _softmax(row: list[float], t: float) -> list[float]:
     return [e / sum(exps) for e in exps]
 
 
-def test_hinton_kd_matches_hand_computation():
+def test_hinton_kd_matches_hand_computation(tmp_path):
     student = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
     teacher = [[2.0, 1.0, 0.0], [0.5, 0.5, 2.0]]
     t, alpha = 2.0, 0.7
@@ -49,7 +49,8 @@ def test_hinton_kd_matches_hand_computation():
         p_s, p_t = _softmax(s_row, t), _softmax(t_row, t)
         kl_rows.append(sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s)))
     expected = alpha * t * t * sum(kl_rows) / len(kl_rows)
-    found = HintonKD(t, alpha)(torch.tensor(student), torch.tensor(teacher))
+    task = TransferDistiller.create(_setup(tmp_path, tiny_teacher(), temperature=t, alpha=alpha, init="none"))
+    found = task.distillation_loss(torch.tensor(student), torch.tensor(teacher))
     assert found.item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -169,7 +170,7 @@ def _setup(tmp_path, teacher, **options) -> DistillSetup:
     return DistillSetup(
         teacher=teacher, student=StudentSpec("r18", dict(STUDENT), 32), num_classes=teacher.num_classes,
         margin=(16.0, 1.0, 0.3, 0.0), options=options, out_dir=tmp_path / "run",
-        extra_data={"landmarks": tmp_path / "celeba"},
+        extra_data={"attributes": tmp_path / "celeba"},
     )
 
 

@@ -170,6 +170,8 @@ class AlignmentStudent(Distiller):
     """
 
     name = "transfer-alignment"
+    # The teacher cache is keyed by the training set; the landmark images are another set.
+    cacheable = False
 
     def __init__(
         self, student: nn.Module, teacher: Teacher, *, head: LandmarkHead, teacher_head: LandmarkHead,

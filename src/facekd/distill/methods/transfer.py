@@ -61,6 +61,7 @@ from facekd.distill.base import (
     register_distiller,
 )
 from facekd.distill.celeba_faces import CelebAFaces
+from facekd.distill.methods.kd import HintonKDLoss
 from facekd.distill.width_init import ChannelRanking, init_from_teacher, shrink
 from facekd.errors import ConfigError
 from facekd.fileio import atomic_write_text
@@ -69,28 +70,12 @@ from facekd.models.heads import CombinedMargin, MarginClassifier
 
 STAGES = ("classification", "alignment", "verification")
 FEATURE_LOSSES = ("cosine", "l2")
-LANDMARKS_KEY = "landmarks"  # DistillSetup.extra_data key of the CelebA-format landmark folder
+CELEBA_KEY = "attributes"  # DistillSetup.extra_data key of the CelebA-format folder (distill.attributes)
 # fit(task, samples, stage) trains `task` on `samples` with the engine, writing checkpoints and logs
 # under setup.out_dir / stage, and returns the trained task.
 FitStage = Callable[[nn.Module, Any, str], nn.Module]
 
 log = logging.getLogger(__name__)
-
-
-class HintonKD(nn.Module):
-    """alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)), summed over classes, mean over the batch."""
-
-    def __init__(self, temperature: float, alpha: float) -> None:
-        super().__init__()
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
-        self.register_buffer("alpha", torch.tensor(float(alpha)))
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        t = self.temperature
-        log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
-        log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=1)
-        kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
-        return self.alpha * t * t * kl
 
 
 class FeatureLoss(nn.Module):
@@ -169,12 +154,13 @@ class TransferDistiller(Distiller):
         identity_weight: float = 1.0  # verification: weight of the margin CE
         batch_size: int = 128  # teacher passes outside the engine (landmark-head fit, NME)
 
-    def __init__(self, student: nn.Module, teacher: Teacher, *, head: MarginClassifier, kd: HintonKD,
-                 backbone_spec: tuple[str, dict[str, Any]], input_size: int) -> None:
+    def __init__(self, student: nn.Module, teacher: Teacher, *, head: MarginClassifier, temperature: float,
+                 alpha: float, backbone_spec: tuple[str, dict[str, Any]], input_size: int) -> None:
         super().__init__(student, teacher, backbone_spec=backbone_spec, input_size=input_size)
         teacher.require(COSINE)
         self.head = head
-        self.kd = kd
+        self.kd = HintonKDLoss(temperature)
+        self.alpha = alpha
 
     @classmethod
     def options(cls, setup: DistillSetup) -> "TransferDistiller.Options":
@@ -221,15 +207,18 @@ class TransferDistiller(Distiller):
         head = MarginClassifier(embedding_size, setup.num_classes, CombinedMargin(*setup.margin))
         if options.init == "teacher":
             _init_from_teacher(student, head, teacher, setup)
-        kd = HintonKD(options.temperature, options.alpha)
-        return cls(student, teacher, head=head, kd=kd, backbone_spec=(spec.name, dict(spec.kwargs)),
-                   input_size=spec.input_size)
+        return cls(student, teacher, head=head, temperature=options.temperature, alpha=options.alpha,
+                   backbone_spec=(spec.name, dict(spec.kwargs)), input_size=spec.input_size)
+
+    def distillation_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        """alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes, mean over the batch."""
+        return self.alpha * self.kd(student_logits.float(), teacher_logits.float())
 
     def forward_train(self, images: Tensor, labels: Tensor, teacher: TeacherOutputs) -> dict[str, Tensor]:
         out = self.head(self.backbone(images).float(), labels)
         scale = self.head.margin.s
         teacher_logits = scale * (F.normalize(teacher.embedding.float(), dim=1) @ self.teacher.centres.t())
-        return {"loss_cls": out["loss"], "loss_kd": self.kd(scale * out["cosine"], teacher_logits)}
+        return {"loss_cls": out["loss"], "loss_kd": self.distillation_loss(scale * out["cosine"], teacher_logits)}
 
     # -- the three-stage pipeline ----------------------------------------------------------------
 
@@ -287,7 +276,7 @@ class VerificationStudent(Distiller):
         backbone = _clone_backbone(trained.backbone_spec, trained.backbone)
         head = copy.deepcopy(trained.head)
         student_size = head.weight.shape[1]
-        teacher_size = setup.teacher.centres.shape[1]
+        teacher_size = setup.teacher.embedding_size
         loss = FeatureLoss(options.feature_loss, options.feature_weight, student_size, teacher_size).to(_device_of(backbone))
         return cls(backbone, setup.teacher, head=head, feature_loss=loss, identity_weight=options.identity_weight,
                    backbone_spec=trained.backbone_spec, input_size=trained.input_size)
@@ -327,10 +316,10 @@ def _init_from_teacher(student: nn.Module, head: MarginClassifier, teacher: Teac
 
 def _run_alignment(setup: DistillSetup, options, classification: TransferDistiller, fit: FitStage,
                    prefix: str) -> dict[str, Any]:
-    folder = setup.extra_data.get(LANDMARKS_KEY)
+    folder = setup.extra_data.get(CELEBA_KEY)
     if folder is None:
         raise ConfigError(
-            f"transfer: the alignment stage needs a CelebA-format landmark folder (extra_data.{LANDMARKS_KEY}); "
+            f"transfer: the alignment stage needs a CelebA-format landmark folder (extra_data.{CELEBA_KEY}); "
             "give one, or drop 'alignment' from transfer.stages"
         )
     faces = CelebAFaces(folder, landmarks=True)
