@@ -5,5 +5,14 @@ Importing this package registers every backbone in `registry.BACKBONES`.
 
 from facekd.models import iresnet, mobilefacenet  # noqa: F401  (registers the backbones)
 from facekd.models.backbone import Backbone, BackboneSpec, backbone_spec, build_backbone
+from facekd.models.loading import checkpoint_fields, load_backbone, save_backbone
 
-__all__ = ["Backbone", "BackboneSpec", "backbone_spec", "build_backbone"]
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "backbone_spec",
+    "build_backbone",
+    "checkpoint_fields",
+    "load_backbone",
+    "save_backbone",
+]

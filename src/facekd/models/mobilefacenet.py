@@ -25,7 +25,6 @@ from facekd.models.backbone import (
     final_map_size,
     scaled_blocks,
     scaled_channels,
-    trunk_precision,
 )
 from facekd.models.registry import BACKBONES
 
