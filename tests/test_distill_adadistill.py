@@ -172,3 +172,49 @@ def test_arcdistill_needs_the_teacher_head(tmp_path):
     headless = Teacher(teacher.network, input_size=SIZE)
     with pytest.raises(ConfigError, match="class centres"):
         ArcDistill.create(make_setup(tmp_path, headless))
+
+
+def run_rank(rank: int, world_size: int, port: int, root: str) -> None:
+    """One rank of the 2-process check: rank r holds half of the batch."""
+    import torch.distributed as dist
+
+    from facekd.distill.methods.margin import AdaptiveMarginLoss
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        student, teacher, labels, start, centre_cosine = torch.load(f"{root}/inputs.pt", weights_only=True)
+        half = slice(rank * 4, rank * 4 + 4)
+        loss = AdaptiveCentreLoss(NUM_CLASSES, 2, CombinedMargin(64.0, 1.0, 0.45, 0.0))
+        loss.centres.copy_(start)
+        loss.update(student[half], teacher[half], labels[half])
+        margins = AdaptiveMarginLoss(torch.eye(2)).margins(centre_cosine[half])
+        torch.save({"centres": loss.centres, "margins": margins}, f"{root}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_with_one_process_on_the_whole_batch(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    generator = torch.Generator().manual_seed(5)
+    student, teacher = torch.randn(8, 2, generator=generator), torch.randn(8, 2, generator=generator)
+    labels = torch.tensor([0, 1, 2, 0, 3, 0, 1, 2])  # repeated classes across the two halves
+    start = torch.randn(NUM_CLASSES, 2, generator=generator)
+    centre_cosine = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.9, 0.5, 0.6, 0.7])  # D_max = 0.9 lives on rank 1
+    torch.save((student, teacher, labels, start, centre_cosine), tmp_path / "inputs.pt")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(run_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    single = AdaptiveCentreLoss(NUM_CLASSES, 2, CombinedMargin(64.0, 1.0, 0.45, 0.0))
+    single.centres.copy_(start)
+    single.update(student, teacher, labels)
+    expected_margins = 0.3 / 0.9 * centre_cosine + 0.2
+    for rank in range(2):
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.allclose(out["centres"], single.centres, atol=1e-6)
+        assert torch.allclose(out["margins"], expected_margins[rank * 4:rank * 4 + 4], atol=1e-6)
