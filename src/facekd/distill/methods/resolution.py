@@ -163,10 +163,15 @@ class ResolutionDistiller(Distiller):
                      setup.student.input_size, flops["flops_ratio"], teacher.input_size)
         embedding_size = probe_features(student, setup.student.input_size)["embedding"].shape[1]
         head = MarginClassifier(embedding_size, setup.num_classes, CombinedMargin(*setup.margin))
-        if transfer and teacher.centres is not None and tuple(teacher.centres.shape) == tuple(head.weight.shape):
-            with torch.no_grad():
-                head.weight.copy_(teacher.centres)
-            log.info("resolution: student classifier initialised from the teacher's centres")
+        if transfer and teacher.centres is not None:
+            if tuple(teacher.centres.shape) == tuple(head.weight.shape):
+                with torch.no_grad():
+                    head.weight.copy_(teacher.centres)
+                log.info("resolution: student classifier initialised from the teacher's centres")
+            else:
+                log.warning("resolution: the teacher's centres are %s, the student's classifier %s; "
+                            "the classifier starts from random centres",
+                            tuple(teacher.centres.shape), tuple(head.weight.shape))
         distiller = cls(student, head, teacher, options=options,
                         backbone_spec=(setup.student.name, dict(setup.student.kwargs)),
                         input_size=setup.student.input_size)
