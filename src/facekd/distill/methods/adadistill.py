@@ -22,8 +22,10 @@ Silent points, and the reading chosen here:
   batch wins, deterministically on every device.
 - The official code updates each GPU's centres from its own batch only, so the ranks' centres drift
   apart. Here, when torch.distributed is initialised, (f_s, f_t, y) are all-gathered (rank order)
-  before the update, so every rank applies the same update to the same centres. All ranks must
-  use the same per-rank batch size (the engine drops the last partial batch).
+  before the update, so every rank applies the same update to the same centres. As the engine's
+  sampler gives rank r rows [r*B, (r+1)*B) of each global batch, the gathered batch is the global
+  batch in order, and the update does not depend on the number of processes. All ranks must use
+  the same per-rank batch size (the engine drops incomplete global batches).
 - alpha' clamps the centre term to [1e-6, 1] before the product, as the official code does (the
   poster clamps only the product; the two differ when both cosines are negative).
 - The official "alpha" branch subtracts an undefined `t_alpha`; the paper's alpha = cos(f_s, f_t)
