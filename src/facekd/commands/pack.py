@@ -1,13 +1,9 @@
-"""Pack face images into insightface formats.
-
-  facekd pack rec SOURCE --out DIR      image folder (root/<identity>/<image>) or list file
-                                        ('path label' lines) -> DIR/train.rec, train.idx, property
-  facekd pack pairs LIST --out FILE.bin pairs list ('path1 path2 1|0' lines) -> verification .bin
-
-With --landmarks FILE (lines 'path x1 y1 ... x5 y5', or 136 numbers for 68 points; paths as in
-SOURCE/LIST) every image is aligned onto the ArcFace template at --size. Without it the images
-must already be --size crops; JPEG files are stored byte for byte, other formats re-encoded as
-JPEG quality 95.
+"""Pack face images into insightface formats. `facekd pack rec SOURCE --out DIR` turns an image folder
+(root/<identity>/<image>) or a list file of 'path label' lines into DIR/train.rec, train.idx and property.
+`facekd pack pairs LIST --out FILE.bin` turns a list of 'path1 path2 1|0' lines into a verification .bin.
+With --landmarks FILE (lines 'path x1 y1 ... x5 y5', or 136 numbers for 68 points, paths as in the
+source) every image is aligned onto the ArcFace template at --size; without it the images must already
+be --size crops, JPEG files are stored byte for byte and other formats re-encoded as JPEG quality 95.
 """
 
 from __future__ import annotations

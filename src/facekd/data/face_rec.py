@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.data.codec import check_rgb_image, decode_image, encode_jpeg
-from facekd.data.recordio import IR_HEADER, PART_HEADER, IndexedRecordFile, RecordWriter, pack_payload
+from facekd.data.recordio import IR_HEADER, PART_HEADER, IndexedRecordFile, RecordWriter, pack_payload, unpack_payload
 from facekd.errors import DataError
 from facekd.fileio import atomic_write_text
 
@@ -223,8 +223,9 @@ class RecordIODataset:
         raise DataError(f"{self.records.rec_path}: none of its {count} images decodes")
 
     def _decode(self, position: int) -> np.ndarray:
-        _, image = self.records.read(position)
-        return decode_image(image, self.records.describe(position))
+        source = self.records.describe(position)
+        _, image = unpack_payload(self.records.read_payload(position), source)
+        return decode_image(image, source)
 
     def _warn_once(self, position: int, exc: DataError) -> None:
         if position not in self._warned:

@@ -15,11 +15,13 @@ Byte layout (docs: formats.md section 3.1):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import numpy as np
 
@@ -34,7 +36,7 @@ class Framing:
     magic: int
     length_bits: int
 
-    @property
+    @functools.cached_property
     def magic_bytes(self) -> bytes:
         return struct.pack("<I", self.magic)
 
@@ -57,8 +59,7 @@ IR_HEADER = struct.Struct("<IfQQ")
 _MAX_READ_AHEAD = 1 << 22
 
 
-@dataclass(frozen=True)
-class IRHeader:
+class IRHeader(NamedTuple):
     """The image-record header. `label` is a float for flag 0, else a float32 vector of `flag` values."""
 
     flag: int
@@ -133,6 +134,35 @@ def read_idx(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{idx_path}: file not found, expected the RecordIO index next to the .rec") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{idx_path}: non-ASCII byte at {exc.start}, expected lines 'key<TAB>offset'") from None
+    pairs = _parse_idx_fast(text)
+    if pairs is None:
+        pairs = _parse_idx_lines(text, idx_path)
+    keys, offsets = pairs
+    sorted_keys = np.sort(keys)
+    repeated = sorted_keys[1:][sorted_keys[1:] == sorted_keys[:-1]]
+    if len(repeated):
+        raise DataError(f"{idx_path}: key {int(repeated[0])} is listed more than once, expected unique keys")
+    return keys, offsets
+
+
+def _parse_idx_fast(text: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """numpy's text parser for the usual file (one tab per line, no blank lines); None if it is not one."""
+    lines = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+    if text.count("\t") != lines:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy only warns when it stops at a non-number
+        try:
+            values = np.fromstring(text, dtype=np.int64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            return None
+    if len(values) != 2 * lines:
+        return None
+    return values[0::2].copy(), values[1::2].copy()
+
+
+def _parse_idx_lines(text: str, idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Line by line, to name the line that breaks the format."""
     keys: list[int] = []
     offsets: list[int] = []
     for line_number, line in enumerate(text.splitlines(), start=1):
@@ -142,16 +172,11 @@ def read_idx(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             if len(fields) != 2:
                 raise ValueError
-            key, offset = int(fields[0]), int(fields[1])
+            keys.append(int(fields[0]))
+            offsets.append(int(fields[1]))
         except ValueError:
             raise DataError(f"{idx_path}:{line_number}: found {line!r}, expected 'key<TAB>offset'") from None
-        keys.append(key)
-        offsets.append(offset)
-    key_array = np.asarray(keys, dtype=np.int64)
-    if len(np.unique(key_array)) != len(key_array):
-        values, counts = np.unique(key_array, return_counts=True)
-        raise DataError(f"{idx_path}: key {int(values[counts > 1][0])} is listed more than once, expected unique keys")
-    return key_array, np.asarray(offsets, dtype=np.int64)
+    return np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
 
 
 class IndexedRecordFile:
@@ -164,13 +189,14 @@ class IndexedRecordFile:
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path)
+        self._rec_name = str(self.rec_path)
         if not self.rec_path.is_file():
             raise DataError(f"{self.rec_path}: file not found, expected a RecordIO .rec file")
         self.keys, self.offsets = read_idx(self.idx_path)
         self.file_size = self.rec_path.stat().st_size
         self.framing = self._detect_framing()
         self._extents = self._record_extents()
-        self._key_order = np.argsort(self.keys, kind="stable")
+        self._key_order = np.argsort(self.keys)
         self._handle: IO[bytes] | None = None
         self._handle_pid: int | None = None
 
@@ -191,7 +217,7 @@ class IndexedRecordFile:
 
     def describe(self, position: int) -> str:
         """'file record key K (offset O)' for error messages."""
-        return f"{self.rec_path} record key {int(self.keys[position])} (offset {int(self.offsets[position])})"
+        return f"{self._rec_name} record key {self.keys[position]} (offset {self.offsets[position]})"
 
     def position_of(self, key: int) -> int:
         """The .idx position of a record key."""
@@ -203,36 +229,35 @@ class IndexedRecordFile:
 
     def read_payload(self, position: int) -> bytes:
         """The payload of the record at an .idx position, with split parts joined by the magic word."""
-        source = self.describe(position)
         offset = int(self.offsets[position])
         if offset < 0 or offset + PART_HEADER.size > self.file_size:
             raise DataError(
-                f"{source}: offset is past the end of the {self.file_size}-byte file, "
+                f"{self.describe(position)}: offset is past the end of the {self.file_size}-byte file, "
                 "expected an offset of a record inside it"
             )
         buffer = self._pread(min(int(self._extents[position]), _MAX_READ_AHEAD), offset)
         parts: list[bytes] = []
         cursor = 0
         while True:
-            buffer = self._ensure(buffer, offset, cursor + PART_HEADER.size, source)
+            buffer = self._ensure(buffer, offset, cursor + PART_HEADER.size, position)
             magic, lrec = PART_HEADER.unpack_from(buffer, cursor)
             if magic != self.framing.magic:
                 raise DataError(
-                    f"{source}: found magic 0x{magic:08X} at byte {offset + cursor}, "
+                    f"{self.describe(position)}: found magic 0x{magic:08X} at byte {offset + cursor}, "
                     f"expected 0x{self.framing.magic:08X}"
                 )
             cflag, length = self.framing.decode_lrec(lrec)
             expected = (0, 1) if not parts else (2, 3)
             if cflag not in expected:
                 raise DataError(
-                    f"{source}: part {len(parts)} has cflag {cflag}, expected one of {expected}"
+                    f"{self.describe(position)}: part {len(parts)} has cflag {cflag}, expected one of {expected}"
                 )
             start = cursor + PART_HEADER.size
-            buffer = self._ensure(buffer, offset, start + length, source)
+            buffer = self._ensure(buffer, offset, start + length, position)
             parts.append(buffer[start : start + length])
             cursor = start + length + (-length % 4)
             if cflag in (0, 3):
-                return self.framing.magic_bytes.join(parts)
+                return parts[0] if cflag == 0 else self.framing.magic_bytes.join(parts)
 
     def read(self, position: int) -> tuple[IRHeader, memoryview]:
         """The IRHeader and image bytes of the record at an .idx position."""
@@ -253,8 +278,11 @@ class IndexedRecordFile:
         """Bytes from each record's offset to the next higher offset (or end of file)."""
         if len(self.offsets) == 0:
             return np.zeros(0, dtype=np.int64)
-        unique = np.unique(np.append(self.offsets, self.file_size))
-        following = unique[np.minimum(np.searchsorted(unique, self.offsets, side="right"), len(unique) - 1)]
+        if np.all(self.offsets[1:] > self.offsets[:-1]):  # the usual, sequentially written file
+            following = np.append(self.offsets[1:], self.file_size)
+        else:
+            ends = np.sort(np.append(self.offsets, self.file_size))
+            following = ends[np.minimum(np.searchsorted(ends, self.offsets, side="right"), len(ends) - 1)]
         return np.maximum(following - self.offsets, PART_HEADER.size)
 
     def _pread(self, size: int, offset: int) -> bytes:
@@ -265,14 +293,14 @@ class IndexedRecordFile:
             self._handle_pid = pid
         return os.pread(self._handle.fileno(), size, offset)
 
-    def _ensure(self, buffer: bytes, offset: int, needed: int, source: str) -> bytes:
+    def _ensure(self, buffer: bytes, offset: int, needed: int, position: int) -> bytes:
         """Extend `buffer` (bytes from `offset`) to at least `needed` bytes, or report truncation."""
         if len(buffer) >= needed:
             return buffer
         buffer += self._pread(needed - len(buffer), offset + len(buffer))
         if len(buffer) < needed:
             raise DataError(
-                f"{source}: truncated, the record needs {needed} bytes from its offset "
+                f"{self.describe(position)}: truncated, the record needs {needed} bytes from its offset "
                 f"but the file ends after {len(buffer)}"
             )
         return buffer
