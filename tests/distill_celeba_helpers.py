@@ -44,8 +44,8 @@ def write_celeba(root: Path, count: int = 24, size: int = 32, seed: int = 0, met
     write_attributes(folder / "list_attr_celeba.txt", names, names_all, values)
     write_identities(folder / "identity_CelebA.txt", names, np.arange(count) % 4 + 1)
     if meta:
-        split = {"identity": IDENTITY_ATTRIBUTES, "unrelated": UNRELATED_ATTRIBUTES}
-        (root / "meta.json").write_text(json.dumps({"celeba": {"attribute_split": split}}))
+        split = {"identity_related": IDENTITY_ATTRIBUTES, "identity_unrelated": UNRELATED_ATTRIBUTES}
+        (root / "meta.json").write_text(json.dumps({"attributes": split}))  # as `facekd synth` writes it
     return folder
 
 

@@ -80,10 +80,10 @@ def attribute_split(folder: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise ConfigError(f"neurons: no identity/unrelated attribute lists given and no {path} to take them from; {hint}")
     try:
-        split = json.loads(path.read_text())["celeba"]["attribute_split"]
-        return list(split["identity"]), list(split["unrelated"])
+        split = json.loads(path.read_text())["attributes"]
+        return list(split["identity_related"]), list(split["identity_unrelated"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: no celeba.attribute_split.identity/unrelated lists ({exc!r}); {hint}") from None
+        raise ConfigError(f"{path}: no attributes.identity_related/identity_unrelated lists ({exc!r}); {hint}") from None
 
 
 @torch.no_grad()
