@@ -106,6 +106,6 @@ def check_parity(
     diff = float(max(np.abs(whole - expected).max(), np.abs(single - expected).max()))
     if not diff <= tolerance:  # also catches NaN
         raise ParityError(
-            f"{what}: max |onnx - torch| = {diff:.3g} over {len(inputs)} images, expected at most {tolerance:g}"
+            f"{what}: max |onnx - torch| = {diff:.2e} over {len(inputs)} images, expected at most {tolerance:g}"
         )
     return ParityReport(max_abs_diff=diff, images=len(inputs), batch_sizes=(len(inputs), 1), tolerance=tolerance)

@@ -1,0 +1,52 @@
+"""Profile a backbone at one or more input resolutions: parameters, size, FLOPs, CPU latency in
+PyTorch and onnxruntime at batch 1 and 64, peak memory, and the ratios to a reference model (by
+default an r100 teacher at 112 px; FLOPs and latency do not depend on the weights)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "parameters, FLOPs, CPU latency and memory of a backbone, with ratios to the teacher"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="facekd checkpoint or insightface backbone.pth (omit with --arch)")
+    parser.add_argument("--arch", help="architecture name (r18 r34 r50 r100 r200 mbf mbf_large); alone: no weights")
+    parser.add_argument("--fcn", action="store_true", help="with --arch alone: the fully convolutional variant")
+    parser.add_argument("--width", type=float, default=1.0, help="with --arch alone: channel width multiplier")
+    parser.add_argument("--resolution", type=int, nargs="+", default=[112], help="input sizes in px (default 112)")
+    parser.add_argument("--reference", help="reference model file for the ratios (default: --reference-arch)")
+    parser.add_argument("--reference-arch", default="r100", help="reference architecture at 112 px (default r100)")
+    parser.add_argument("--fast", action="store_true", help="PyTorch at batch 1 only: no onnxruntime, no batch 64")
+    parser.add_argument("--repeats", type=int, default=10, help="timed passes at batch 1 (median reported)")
+    parser.add_argument("--large-batch", type=int, default=64, help="the large batch size (default 64)")
+    parser.add_argument("--large-repeats", type=int, default=3, help="timed passes at the large batch")
+    parser.add_argument("--json", help="also write the profiles and ratios to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from facekd.deploy.model_source import ModelSource
+    from facekd.deploy.profile import LatencySettings, markdown_table, profile_model
+    from facekd.fileio import atomic_write_text
+
+    settings = LatencySettings(
+        repeats=args.repeats,
+        large_batch=args.large_batch,
+        large_batch_repeats=args.large_repeats,
+        fast=args.fast,
+    )
+    source = ModelSource.from_args(args.model, args.arch, fcn=args.fcn, width=args.width)
+    reference_source = ModelSource.from_args(args.reference, None if args.reference else args.reference_arch)
+    reference = profile_model(reference_source.build(112), reference_source.label, 112, settings)
+    profiles = [profile_model(source.build(size), source.label, size, settings) for size in args.resolution]
+    print(markdown_table([reference, *profiles], reference), end="")
+    if args.json:
+        document = {
+            "reference": dataclasses.asdict(reference),
+            "profiles": [dict(dataclasses.asdict(p), ratios=p.ratios_to(reference)) for p in profiles],
+        }
+        atomic_write_text(args.json, json.dumps(document, indent=2) + "\n")
+    return 0

@@ -1,0 +1,131 @@
+"""deploy.profile: FLOPs against hand counts, latency and memory fields, ratios, the CLI's table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from facekd.cli import main
+from facekd.deploy.profile import (
+    MIB,
+    LatencySettings,
+    count_flops,
+    markdown_table,
+    median_ms,
+    peak_forward_memory_mb,
+    profile_model,
+)
+from facekd.errors import ConfigError
+
+
+class TinyNet(nn.Module):
+    """conv 3->4 (3x3, stride 1, no padding), ReLU, global pool, linear 4->5 with bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class FixedInput(nn.Module):
+    """Flattens an 8x8 map into a linear layer, so it runs only at 8 px (like a non-FCN backbone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("size", [8, 16])
+def test_flops_match_a_hand_count(size):
+    out = size - 2
+    conv_macs = 4 * out * out * (3 * 3 * 3)  # every output value: 3x3 kernel over 3 channels
+    linear_macs = 4 * 5
+    assert count_flops(TinyNet(), size) == 2 * (conv_macs + linear_macs)
+
+
+def test_depthwise_and_strided_convolutions_are_counted_per_group():
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.Conv2d(8, 16, 1))
+    # 1x1 3->8 on 16x16 (256 positions); stride 2 -> 8x8: depthwise 8 maps x 64 positions x 9 taps
+    # (one input channel per group); pointwise 16 x 64 x 8.
+    assert count_flops(net, 16) == 2 * (8 * 256 * 3 + 8 * 64 * 9 + 16 * 64 * 8)
+
+
+def test_median_ms_runs_warmup_then_repeats_and_takes_the_median():
+    calls = []
+    assert median_ms(lambda: calls.append(1), warmup=2, repeats=5) >= 0
+    assert len(calls) == 7
+    with pytest.raises(ConfigError):
+        median_ms(lambda: None, warmup=0, repeats=0)
+
+
+def test_peak_memory_covers_the_activations():
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1)).eval()
+    batch = torch.zeros(4, 3, 32, 32)
+    one_map = 4 * 64 * 32 * 32 * 4 / MIB  # one 4x64x32x32 float32 activation
+    peak = peak_forward_memory_mb(net, batch)
+    # At least the input of the last conv and its output are alive together; far less than 10 maps.
+    assert 2 * one_map <= peak < 10 * one_map
+
+
+def test_fast_profile_fields():
+    net = TinyNet()
+    profile = profile_model(net, "tiny", 16, LatencySettings(warmup=1, repeats=3, fast=True))
+    assert profile.parameters == 3 * 4 * 9 + 4 + 4 * 5 + 5
+    assert profile.size_mb == pytest.approx(profile.parameters * 4 / MIB)
+    assert profile.flops == count_flops(net, 16) and profile.embedding_size == 5
+    assert profile.torch_b1_ms > 0 and profile.peak_memory_b1_mb > 0
+    assert profile.torch_large_ms is None and profile.ort_b1_ms is None and profile.ort_large_ms is None
+
+
+def test_full_profile_measures_onnxruntime_and_the_large_batch():
+    settings = LatencySettings(warmup=1, repeats=2, large_batch=8, large_batch_warmup=1, large_batch_repeats=1)
+    profile = profile_model(TinyNet(), "tiny", 16, settings)
+    assert profile.large_batch == 8
+    assert profile.torch_large_ms > 0 and profile.ort_b1_ms > 0 and profile.ort_large_ms > 0
+    assert profile.peak_memory_large_mb > profile.peak_memory_b1_mb
+
+
+def test_ratios_and_table():
+    settings = LatencySettings(warmup=0, repeats=1, fast=True)
+    big = profile_model(TinyNet(), "big", 16, settings)
+    small = profile_model(TinyNet(), "small", 8, settings)
+    ratios = small.ratios_to(big)
+    assert ratios["flops"] == pytest.approx(small.flops / big.flops)
+    assert ratios["torch_b1_ms"] == pytest.approx(small.torch_b1_ms / big.torch_b1_ms)
+    assert ratios["ort_b1_ms"] is None
+    table = markdown_table([big, small], big).splitlines()
+    assert len(table) == 4 and table[0].count("|") == table[1].count("|") == table[3].count("|")
+    assert f"| {small.flops / big.flops:.4f} |" in table[3]
+
+
+def test_a_model_that_cannot_take_the_resolution_is_a_config_error():
+    with pytest.raises(ConfigError, match="fixed: cannot run at 16 px"):
+        profile_model(FixedInput(), "fixed", 16, LatencySettings(fast=True))
+
+
+def test_cli_profiles_an_architecture_against_the_reference(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    code = main(
+        ["profile", "--arch", "mbf", "--fcn", "--resolution", "56", "48", "--reference-arch", "mbf",
+         "--fast", "--repeats", "2", "--json", str(out)]
+    )
+    assert code == 0
+    document = json.loads(out.read_text())
+    reference = document["reference"]
+    assert reference["name"] == "mbf" and reference["resolution"] == 112
+    sizes = [p["resolution"] for p in document["profiles"]]
+    assert sizes == [56, 48]
+    for p in document["profiles"]:
+        # An FCN's work scales with the pixel count, up to the fixed-size embedding layer.
+        assert p["ratios"]["flops"] == pytest.approx((p["resolution"] / 112) ** 2, rel=0.05)
+    assert document["profiles"][0]["parameters"] == document["profiles"][1]["parameters"]
+    assert "| mbf fcn | 56 |" in capsys.readouterr().out
