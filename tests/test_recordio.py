@@ -189,7 +189,11 @@ def test_write_face_rec_shuffled_and_class_order_check(tmp_path):
     assert ds.keys.tolist() == [0, 1, 2] and ds.labels.tolist() == [2, 0, 2]
     with pytest.raises(DataError, match="class 2 appears again"):
         write_face_rec(tmp_path / "ms1m", samples)
-    assert not (tmp_path / "ms1m" / "train.rec").exists()
+    with pytest.raises(DataError, match="class 1 has no images"):
+        write_face_rec(tmp_path / "ms1m", samples[1:])
+    with pytest.raises(DataError, match="num_classes 2, but labels go up to 2"):
+        write_face_rec(tmp_path / "ms1m", samples, layout="shuffled", num_classes=2)
+    assert not (tmp_path / "ms1m").exists() or not any((tmp_path / "ms1m").iterdir())
 
 
 def one_line_error(excinfo) -> str:

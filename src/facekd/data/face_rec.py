@@ -103,7 +103,15 @@ def scan_headers(records: IndexedRecordFile) -> HeaderScan:
     return HeaderScan(flags, labels, image_sizes, problems)
 
 
-def _scan_split_record(records, position, flags, labels, image_sizes, problems) -> None:
+def _scan_split_record(
+    records: IndexedRecordFile,
+    position: int,
+    flags: np.ndarray,
+    labels: np.ndarray,
+    image_sizes: np.ndarray,
+    problems: dict[int, str],
+) -> None:
+    """Fill in one split record's scan row from a full read (split records are rare)."""
     try:
         header, image = records.read(position)
     except DataError as exc:
@@ -276,7 +284,7 @@ def write_face_rec(
         raise ValueError(f"layout must be 'ms1m' or 'shuffled', got {layout!r}")
     folder = Path(folder)
     first_key = 1 if layout == "ms1m" else 0
-    ranges: dict[int, list[int]] = {}
+    ranges: dict[int, list[int]] = {}  # class -> [first key, last key + 1]
     previous_label: int | None = None
     image_size: tuple[int, int] | None = None
     key = first_key
@@ -285,36 +293,35 @@ def write_face_rec(
             label = int(label)
             if label < 0:
                 raise DataError(f"sample {key - first_key}: label {label}, expected a non-negative class")
+            if layout == "ms1m" and label != previous_label and label in ranges:
+                raise DataError(
+                    f"sample {key - first_key}: class {label} appears again after class {previous_label}; "
+                    "the MS1M layout needs each class's images consecutive"
+                )
             encoded = _encoded(image, quality, key - first_key)
             if image_size is None:
                 image_size = decode_image(encoded, f"sample {key - first_key}").shape[:2]
-            if layout == "ms1m":
-                if label != previous_label and label in ranges:
-                    raise DataError(
-                        f"sample {key - first_key}: class {label} appears again after class {previous_label}; "
-                        "the MS1M layout needs each class's images consecutive"
-                    )
-                ranges.setdefault(label, [key, key])[1] = key + 1
-            else:
-                ranges[label] = []
             writer.write(key, pack_payload(float(label), encoded, id=key))
+            ranges.setdefault(label, [key, key])[1] = key + 1
             previous_label = label
             key += 1
         num_images = key - first_key
         if num_images == 0:
             raise DataError(f"{folder}: no samples to write, expected at least one image")
         classes = max(ranges) + 1
+        num_classes = classes if num_classes is None else num_classes
+        if num_classes < classes:
+            raise DataError(f"{folder}: num_classes {num_classes}, but labels go up to {classes - 1}")
         if layout == "ms1m":
             missing = sorted(set(range(classes)) - set(ranges))
             if missing:
-                raise DataError(f"{folder}: class {missing[0]} has no images; the MS1M layout needs classes 0..{classes - 1}")
+                raise DataError(
+                    f"{folder}: class {missing[0]} has no images; the MS1M layout needs classes 0..{classes - 1}"
+                )
             id_start = num_images + 1
             for label in range(classes):
                 writer.write(id_start + label, pack_payload(ranges[label], b"", id=id_start + label))
             writer.write(0, pack_payload([id_start, id_start + classes], b"", id=0, id2=1))
-    num_classes = classes if num_classes is None else num_classes
-    if num_classes < classes:
-        raise DataError(f"{folder}: num_classes {num_classes}, but labels go up to {classes - 1}")
     assert image_size is not None
     atomic_write_text(folder / "property", f"{num_classes},{image_size[0]},{image_size[1]}")
     return FaceRecInfo(num_images, num_classes, image_size)
