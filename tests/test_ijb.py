@@ -186,3 +186,13 @@ def test_wrong_column_count_rejected(tmp_path):
     (meta / "ijbc_face_tid_mid.txt").write_text("a.jpg 7\n")
     with pytest.raises(DataError, match="ijbc_face_tid_mid.txt"):
         ijb.read_ijb_meta(tmp_path, "IJBC")
+
+
+@pytest.mark.parametrize("offset", [0, -5, 1 << 40])  # table lookup; binary search for other ids
+def test_pair_template_lookup_handles_any_ids(offset):
+    ids = np.array([2, 9, 40]) + offset
+    feats = np.eye(3)
+    pairs = np.array([[9, 2], [40, 40], [2, 9]]) + offset
+    np.testing.assert_array_equal(ijb.pair_scores(feats, ids, pairs), [0.0, 1.0, 0.0])
+    with pytest.raises(DataError, match=f"template {41 + offset}"):
+        ijb.pair_scores(feats, ids, np.array([[2, 41]]) + offset)

@@ -39,6 +39,7 @@ FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 PAIR_CHUNK = 100_000
 # A dense Gram block costs ~1/200 of a gathered per-pair dot product (measured at d=512).
 GRAM_DENSITY = 1 / 100
+MAX_TABLE_ID = 1 << 26  # template ids below this are mapped through a lookup table
 GRAM_BLOCK_ENTRIES = 1 << 27  # float64 entries per Gram block: 1 GiB (IJB-C fits in one)
 
 
@@ -240,9 +241,18 @@ def pair_scores(
 
 
 def _template_rows(unique_templates: np.ndarray, pair_templates: np.ndarray) -> np.ndarray:
+    """Row of each pair's templates in `unique_templates` (sorted), via an id -> row table as
+    insightface's `template2id`; a binary search when ids are negative or too large for a table."""
     pair_templates = np.asarray(pair_templates)
-    rows = np.searchsorted(unique_templates, pair_templates).clip(max=len(unique_templates) - 1)
-    missing = np.argwhere(unique_templates[rows] != pair_templates)
+    if unique_templates[0] >= 0 and unique_templates[-1] < MAX_TABLE_ID:
+        table = np.full(int(unique_templates[-1]) + 1, -1, dtype=np.int64)
+        table[unique_templates] = np.arange(len(unique_templates))
+        inside = (pair_templates >= 0) & (pair_templates <= unique_templates[-1])
+        rows = np.where(inside, table[np.where(inside, pair_templates, 0)], -1)
+        missing = np.argwhere(rows < 0)
+    else:
+        rows = np.searchsorted(unique_templates, pair_templates).clip(max=len(unique_templates) - 1)
+        missing = np.argwhere(unique_templates[rows] != pair_templates)
     if len(missing):
         pair, column = missing[0]
         raise DataError(
