@@ -290,7 +290,7 @@ class IndexedRecordFile:
     def _pread(self, size: int, offset: int) -> bytes:
         pid = os.getpid()
         if self._handle is None or self._handle_pid != pid:
-            # A handle inherited through fork is left to the parent.
+            # After a fork (DataLoader workers) each process opens and reads through its own handle.
             self._handle = open(self.rec_path, "rb", buffering=0)
             self._handle_pid = pid
         return os.pread(self._handle.fileno(), size, offset)
