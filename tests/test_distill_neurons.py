@@ -112,10 +112,11 @@ def _setup(tmp_path, **options) -> DistillSetup:
 
 def test_neurons_selects_saves_and_lowers_its_loss(tmp_path):
     write_celeba(tmp_path, count=24)
-    task = NeuronDistiller.create(_setup(tmp_path, top_k=12, identity_weight=0.5))
+    task = NeuronDistiller.create(_setup(tmp_path, top_k=12, identity_weight=0.5, max_images=20))
     selection = json.loads((tmp_path / "run" / "selection.json").read_text())
     indices = selection["indices"]
     assert len(indices) == 12 and selection["identity_attributes"] == IDENTITY_ATTRIBUTES  # meta.json defaults
+    assert selection["images"] == 20
     with open(tmp_path / "run" / "selectivity.csv") as handle:
         rows = list(csv.reader(handle))
     assert len(rows) == 1 + 32 and rows[0][2:] == IDENTITY_ATTRIBUTES + ["Smiling", "Blurry"]

@@ -68,7 +68,7 @@ class NeuronOptions:
     top_k: int = 0  # keep the K most probable neurons; 0 keeps those with q > 0.5
     iterations: int = 200  # mean-field sweeps at most
     damping: float = 0.5  # share of the previous q kept at each sweep
-    max_images: int = 0  # attribute images read (the first ones); 0 = all
+    max_images: int = 0  # attribute images read, evenly spaced over the file; 0 = all
     identity_weight: float = 0.0  # margin-softmax weight; 0 = regression only, as Luo et al.
     batch_size: int = 128  # teacher pass over the attribute set
 
@@ -87,10 +87,10 @@ def attribute_split(folder: Path) -> tuple[list[str], list[str]]:
 
 
 @torch.no_grad()
-def teacher_activations(teacher: Teacher, faces: CelebAFaces, layer: str, *, count: int, batch_size: int,
+def teacher_activations(teacher: Teacher, faces: CelebAFaces, layer: str, *, rows: np.ndarray, batch_size: int,
                         device: torch.device) -> np.ndarray:
-    """The teacher's `layer` vectors (count x neurons, float32) on the first `count` attribute images."""
-    samples = torch.utils.data.Subset(TrainSamples(faces), range(count))
+    """The teacher's `layer` vectors (images x neurons, float32) on the attribute images `rows`."""
+    samples = torch.utils.data.Subset(TrainSamples(faces), rows.tolist())
     rows = []
     for batch in DataLoader(samples, batch_size=batch_size, shuffle=False):
         images = batch["image"].to(device)
@@ -147,14 +147,16 @@ def choose(setup: DistillSetup, options: NeuronOptions) -> np.ndarray:
         identity, unrelated = identity or default_identity, unrelated or default_unrelated
     faces = CelebAFaces(folder, attributes=True)
     count = len(faces) if options.max_images <= 0 else min(options.max_images, len(faces))
-    activations = teacher_activations(setup.teacher, faces, options.layer, count=count,
+    # Evenly spaced: CelebA-format files are often grouped by identity.
+    rows = np.unique(np.linspace(0, len(faces) - 1, count).round().astype(np.int64))
+    activations = teacher_activations(setup.teacher, faces, options.layer, rows=rows,
                                       batch_size=options.batch_size, device=_teacher_device(setup.teacher))
     selection = select_neurons(
-        activations, faces.attributes[:count], faces.attribute_names, identity, unrelated,
+        activations, faces.attributes[rows], faces.attribute_names, identity, unrelated,
         source=str(folder / ATTRIBUTES_FILE), lam=options.lam, phi0=options.phi0, damping=options.damping,
         iterations=options.iterations, top_k=options.top_k,
     )
-    selection.save(setup.out_dir, {"fingerprint": fingerprint, "layer": options.layer, "images": count})
+    selection.save(setup.out_dir, {"fingerprint": fingerprint, "layer": options.layer, "images": int(rows.size)})
     log.info(
         "neurons: selected %d of %d teacher neurons (mean field %s after %d sweeps); see %s",
         selection.indices.size, selection.q.size, "converged" if selection.converged else "NOT converged",
