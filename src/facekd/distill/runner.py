@@ -57,6 +57,8 @@ def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples,
     mode = config.distill.cache
     if mode not in CACHE_MODES:
         raise ConfigError(f"distill.cache: found {mode!r}, expected one of {', '.join(CACHE_MODES)}")
+    if not distiller.teacher_needs:
+        return None  # the method never runs the teacher (e.g. resolution kt, arcdistill)
     possible = distiller.cacheable and distiller.teacher_needs <= CACHEABLE_OUTPUTS
     if mode == "off" or (mode == "auto" and not possible):
         return None
