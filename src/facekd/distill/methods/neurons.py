@@ -207,7 +207,7 @@ class NeuronDistiller(Distiller):
         setup.teacher.require(options.layer)
         selected = choose(setup, options)
         spec = setup.student
-        kwargs = {**spec.kwargs, "num_features": int(selected.size)}
+        kwargs = {"input_size": spec.input_size, **spec.kwargs, "num_features": int(selected.size)}
         if spec.kwargs.get("num_features", selected.size) != selected.size:
             log.info("neurons: student num_features set to %d, the number of selected neurons", selected.size)
         student = build_backbone(spec.name, **kwargs)

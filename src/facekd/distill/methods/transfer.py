@@ -61,6 +61,7 @@ from facekd.distill.base import (
     register_distiller,
 )
 from facekd.distill.celeba_faces import CelebAFaces
+from facekd.distill.feature_kd import build_student
 from facekd.distill.methods.kd import HintonKDLoss
 from facekd.distill.width_init import ChannelRanking, init_from_teacher, shrink
 from facekd.errors import ConfigError
@@ -110,7 +111,8 @@ def _embedding_size(backbone: nn.Module, input_size: int, features: str = EMBEDD
     was_training = backbone.training
     backbone.eval()
     with torch.no_grad():
-        size = student_features(backbone, torch.zeros(1, 3, input_size, input_size), features).shape[1]
+        blank = torch.zeros(1, 3, input_size, input_size, device=_device_of(backbone))
+        size = student_features(backbone, blank, features).shape[1]
     backbone.train(was_training)
     return int(size)
 
@@ -201,14 +203,13 @@ class TransferDistiller(Distiller):
                 f"transfer: the teacher's head has {teacher.num_classes} classes, the training set {setup.num_classes}; "
                 "Hinton KD needs the teacher's classes"
             )
-        spec = setup.student
-        student = build_backbone(spec.name, **spec.kwargs)
-        embedding_size = _embedding_size(student, spec.input_size)
+        student = build_student(setup)
+        embedding_size = _embedding_size(student, setup.student.input_size)
         head = MarginClassifier(embedding_size, setup.num_classes, CombinedMargin(*setup.margin))
         if options.init == "teacher":
             _init_from_teacher(student, head, teacher, setup)
         return cls(student, teacher, head=head, temperature=options.temperature, alpha=options.alpha,
-                   backbone_spec=(spec.name, dict(spec.kwargs)), input_size=spec.input_size)
+                   backbone_spec=(student.spec.name, dict(student.spec.kwargs)), input_size=setup.student.input_size)
 
     def distillation_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         """alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes, mean over the batch."""
