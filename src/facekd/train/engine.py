@@ -200,7 +200,8 @@ class Trainer:
         try:
             with StopRequest() as stop:
                 while self.epoch < train.epochs and not interrupted:
-                    interrupted = self._run_epoch(stop, log)
+                    # A signal during the end-of-epoch evaluation: that checkpoint is already written.
+                    interrupted = self._run_epoch(stop, log) or dist.any_rank(stop.requested)
         finally:
             if log is not None:
                 log.close()
@@ -239,8 +240,6 @@ class Trainer:
                 if stopping or (train.ckpt_interval and self.step % train.ckpt_interval == 0):
                     self.save_checkpoint()
                 if stopping:
-                    if self.world.is_main:
-                        tqdm.write(f"stopped at step {self.step}; checkpoint {self.checkpoint_path}")
                     return True
         finally:
             bar.close()
