@@ -59,7 +59,7 @@ def main() -> None:
     pairs, dim = 6000, 512
     anchors = rng.normal(size=(pairs, dim))
     same = np.arange(pairs) % 2 == 0
-    partners = np.where(same[:, None], anchors + 1.8 * rng.normal(size=anchors.shape), rng.normal(size=anchors.shape))
+    partners = np.where(same[:, None], anchors + 8.0 * rng.normal(size=anchors.shape), rng.normal(size=anchors.shape))
     embeddings = np.empty((2 * pairs, dim))
     embeddings[0::2], embeddings[1::2] = anchors, partners
 
