@@ -17,6 +17,10 @@ def unit(angles_deg):
     return np.stack([np.cos(a), np.sin(a)], 1)
 
 
+def unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def test_ranks_by_hand():
     # gallery subjects 10, 20, 30 at 0, 90, 180 degrees; one distractor at 40 degrees
     gallery, gallery_ids = unit([0, 90, 180]), np.array([10, 20, 30])
@@ -66,11 +70,11 @@ def ref_ijb_1n(probes, probe_ids, gallery, gallery_ids, fars):
 def test_matches_insightface_loops_with_distractors_and_small_chunks(monkeypatch):
     rng = np.random.default_rng(5)
     subjects = 60
-    centres = identification.unit_rows(rng.normal(size=(subjects, 24)))
-    gallery = identification.unit_rows(centres + 0.6 * rng.normal(size=centres.shape))
+    centres = unit_rows(rng.normal(size=(subjects, 24)))
+    gallery = unit_rows(centres + 0.6 * rng.normal(size=centres.shape))
     probe_subjects = rng.integers(0, subjects, 300)
-    probes = identification.unit_rows(centres[probe_subjects] + 0.6 * rng.normal(size=(300, 24)))
-    distractors = identification.unit_rows(rng.normal(size=(500, 24)))
+    probes = unit_rows(centres[probe_subjects] + 0.6 * rng.normal(size=(300, 24)))
+    distractors = unit_rows(rng.normal(size=(500, 24)))
     gallery_ids = np.arange(subjects) * 7 + 3
     order = rng.permutation(subjects)  # gallery not sorted by id
     monkeypatch.setattr(identification, "CHUNK_SCORES", 2000)  # several probe chunks
@@ -103,6 +107,15 @@ def test_duplicate_gallery_subject_rejected():
         identification.identify(unit([0]), [1], unit([0, 90]), [1, 1])
 
 
-def test_unnormalised_features_rejected():
-    with pytest.raises(DataError, match="probe features: row 0 has L2 norm 2"):
-        identification.identify(2 * unit([0]), [1], unit([0, 90]), [1, 2])
+def test_scores_are_cosines_whatever_the_feature_scale():
+    probes, gallery = unit([30, 80, 100]), unit([0, 90, 180])
+    ids = np.array([10, 20, 30])
+    plain = identification.identify(probes, ids, gallery, ids, distractor_feats=unit([40]))
+    scaled = identification.identify(3 * probes, ids, 0.5 * gallery, ids, distractor_feats=7 * unit([40]))
+    assert scaled.rank_rates == plain.rank_rates
+    assert scaled.tpir_at_fpir == plain.tpir_at_fpir
+
+
+def test_zero_feature_rejected():
+    with pytest.raises(DataError, match="probe features: row 0 has L2 norm 0"):
+        identification.identify(np.zeros((1, 2)), [1], unit([0, 90]), [1, 2])

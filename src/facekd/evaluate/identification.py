@@ -1,8 +1,9 @@
 """1:N identification as insightface's `_evaluation_/ijb/ijb_1n.py`, with a distractor gallery.
 
 Every probe has exactly one mate in the gallery (one entry per subject). Distractors are extra
-gallery entries that are nobody's mate (MegaFace style). Scores are dot products of L2-normalised
-features.
+gallery entries that are nobody's mate (MegaFace style). Scores are cosine similarities: every
+feature row is L2-normalised first (a no-op up to rounding for template features, which
+`subject_templates` and the IJB aggregation already normalise).
 
 - Rank-k rate: fraction of probes whose mate is among the k highest scores. insightface ranks
   with an unstable `argsort`; we count the entries scoring above the mate, plus the equal-scoring
@@ -53,12 +54,6 @@ def subject_templates(features: np.ndarray, subject_ids: np.ndarray) -> tuple[np
     return template_features(np.asarray(features), subject_ids, np.arange(len(subject_ids)))
 
 
-def unit_rows(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float64)."""
-    features = np.asarray(features, dtype=np.float64)
-    return features / np.sqrt(np.sum(features**2, -1, keepdims=True))
-
-
 def mate_indices(probe_ids: np.ndarray, gallery_ids: np.ndarray) -> np.ndarray:
     """Gallery index of each probe's subject; each must appear exactly once (ijb_1n `gen_mask`)."""
     ids, first, counts = np.unique(gallery_ids, return_index=True, return_counts=True)
@@ -86,7 +81,7 @@ def identify(
     ranks: Sequence[int] = RANKS,
     fpirs: Sequence[float] = FPIRS,
 ) -> IdentificationResult:
-    """Rank-k rates and TPIR@FPIR of L2-normalised probes against gallery (+ distractors)."""
+    """Rank-k rates and TPIR@FPIR of probes against gallery (+ distractors), by cosine similarity."""
     probes = _unit_checked(probe_feats, "probe features")
     gallery = _unit_checked(gallery_feats, "gallery features")
     distractors = _unit_checked(
@@ -153,10 +148,10 @@ def _unit_checked(features: np.ndarray, name: str) -> np.ndarray:
     if features.ndim != 2:
         raise DataError(f"{name}: found shape {features.shape}, expected (N, D)")
     norms = np.sqrt(np.sum(features**2, -1))
-    bad = np.flatnonzero(~(np.abs(norms - 1.0) < 1e-3))
+    bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
     if len(bad):
-        raise DataError(f"{name}: row {bad[0]} has L2 norm {norms[bad[0]]:.4g}, expected L2-normalised rows")
-    return features
+        raise DataError(f"{name}: row {bad[0]} has L2 norm {norms[bad[0]]:.4g}, expected a finite non-zero vector")
+    return features / norms[:, None]
 
 
 def _score_chunk(probes, mates, gallery, distractors):

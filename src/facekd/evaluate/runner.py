@@ -109,10 +109,10 @@ class Evaluation:
         gallery, gallery_ids = identification.subject_templates(
             self._embed(ImagesOf(gallery_set)), gallery_set.labels
         )
-        probes = identification.unit_rows(self._embed(ImagesOf(probe_set)))
+        probes = self._embed(ImagesOf(probe_set))
         distractors = None
         if (folder / "distractors").exists():
-            distractors = identification.unit_rows(self._embed(ImagesOf(RecordIODataset(folder / "distractors"))))
+            distractors = self._embed(ImagesOf(RecordIODataset(folder / "distractors")))
         result = identification.identify(probes, probe_set.labels, gallery, gallery_ids, distractor_feats=distractors)
         ranks = "  ".join(f"rank-{k}: {100 * rate:.2f}" for k, rate in result.rank_rates.items())
         tpir = "  ".join(f"TPIR@FPIR={f:g}: {100 * t:.2f}" for f, t in result.tpir_at_fpir.items())
