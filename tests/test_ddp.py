@@ -9,7 +9,10 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from facekd.models.heads import CombinedMargin
+from facekd.models.partial_fc import PartialFC
 from facekd.train import checkpoint as ckpt
+from facekd.train.task import ClassificationTask
 from facekd.train.distributed import init_world, close_world
 from facekd.train.engine import Trainer, seed_everything
 from train_helpers import TinyTask, samples, task_weights, tiny_config
@@ -40,6 +43,13 @@ class ShardedTask(TinyTask):
         return {"shard.centres": self.layout}
 
 
+def partial_fc_task() -> ClassificationTask:
+    """A real ClassificationTask with Partial FC (5 classes: 3 rows on rank 0, 2 on rank 1)."""
+    backbone = TinyTask(batch_norm=False).backbone
+    return ClassificationTask(backbone, PartialFC(8, 5, CombinedMargin(16.0, 1.0, 0.2, 0.0)), 8,
+                              backbone_spec=("tiny", {}))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,7 +64,8 @@ def run_rank(rank: int, world_size: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
     world = init_world("cpu")
     for name, make_task in (("plain", lambda: TinyTask(batch_norm=False)),
-                            ("sharded", lambda: ShardedTask(rank, world_size))):
+                            ("sharded", lambda: ShardedTask(rank, world_size)),
+                            ("partial_fc", partial_fc_task)):
         seed_everything(3)
         task = make_task()
         out = f"{root}/{name}"
@@ -104,3 +115,21 @@ def test_sharded_rows_are_gathered_and_resume_on_one_process(ddp_runs):
     momentum = trainer.optimizer.state[task.shard.centres]["momentum_buffer"]
     assert momentum.shape == (5, 8) and momentum.abs().sum() > 0
     assert trainer.step == 16 and trainer.epoch == 2 and trainer.epoch_step == 0
+
+
+def test_partial_fc_run_resumes_on_one_process(ddp_runs):
+    out = ddp_runs / "partial_fc"
+    rank0, rank1 = rank_weights(out)
+    assert rank0["head.weight"].shape == (3, 8) and rank1["head.weight"].shape == (2, 8)
+    assert torch.equal(rank0["backbone.0.weight"], rank1["backbone.0.weight"])
+    saved = ckpt.load(out / "checkpoint.pt")
+    assert saved["shards"] == {"head.weight": {"rows": [3, 2], "total": 5}}
+    full = torch.cat([rank0["head.weight"], rank1["head.weight"]])
+    assert torch.equal(saved["task"]["head.weight"], full)
+
+    seed_everything(5)
+    task = partial_fc_task()  # no process group: one shard of all 5 classes
+    trainer = Trainer(task, samples(64), tiny_config(out, batch_size=8, flip=False, epochs=3))
+    trainer.resume(out / "checkpoint.pt")
+    assert torch.equal(task.head.weight.detach(), full)
+    assert trainer.optimizer.state[task.head.weight]["momentum_buffer"].shape == (5, 8)

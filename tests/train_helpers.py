@@ -81,4 +81,4 @@ def samples(count: int = 64, **kwargs) -> TrainSamples:
 
 
 def task_weights(task: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in task.state_dict().items()}
+    return {k: v.detach().clone() for k, v in task.state_dict().items() if torch.is_tensor(v)}

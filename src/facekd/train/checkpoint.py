@@ -69,7 +69,7 @@ def _gather_rows(local: torch.Tensor, rows_per_rank: list[int]) -> torch.Tensor:
 
 def training_state(task: Task, optimizer: torch.optim.Optimizer) -> tuple[dict, dict, dict]:
     """The task and optimiser state with sharded rows gathered (collective: call on every rank)."""
-    task_state = {k: v.detach().cpu() for k, v in task.state_dict().items()}
+    task_state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in task.state_dict().items()}
     optim_state = optimizer.state_dict()
     layout = task.shard_layout()
     shards = {}
