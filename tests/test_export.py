@@ -78,6 +78,7 @@ def test_cli_refuses_a_non_checkpoint_with_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow
 def test_dynamic_int8_keeps_verification_accuracy_report_honest(exported_mbf, faces, tmp_path):
     from facekd.data.pairs_bin import write_pairs_bin
     from facekd.deploy.quantize import compare_quantized, quantize_onnx
@@ -127,8 +128,9 @@ def test_static_int8_with_calibration_images(exported_mbf, faces, tmp_path):
     got = torch.from_numpy(inference_session(int8_path).run(None, {"data": inputs.numpy()})[0])
     with torch.inference_mode():
         expected = model(inputs)
-    cosine = torch.nn.functional.cosine_similarity(got, expected)
-    assert cosine.min() > 0.9, cosine
+    # int8 moves each embedding, but it must stay closest to its own face's fp32 embedding.
+    cosine = torch.nn.functional.normalize(got, dim=1) @ torch.nn.functional.normalize(expected, dim=1).T
+    assert torch.equal(cosine.argmax(dim=1), torch.arange(len(faces))), cosine
 
 
 @pytest.mark.slow

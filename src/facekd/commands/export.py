@@ -14,7 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="facekd checkpoint or insightface backbone.pth")
     parser.add_argument("--onnx", required=True, help="output .onnx path")
     parser.add_argument("--arch", help="architecture name, if the weights file does not say")
-    parser.add_argument("--input-size", type=int, default=112, help="input size in px (default 112)")
+    parser.add_argument(
+        "--input-size", type=int, help="input size in px (default: the size the model was built for, else 112)"
+    )
     parser.add_argument(
         "--parity-data", help="a .bin or RecordIO folder for the parity images (default: synthetic aligned faces)"
     )
@@ -38,10 +40,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--quantize static: needs --calib-data, a .bin or RecordIO folder of face images")
     if (args.calib_data or args.bin or args.int8_out) and not args.quantize:
         raise ConfigError("--calib-data/--bin/--int8-out: given without --quantize dynamic|static")
-    model = ModelSource.from_args(args.model, args.arch).build(args.input_size)
+    model = ModelSource.from_args(args.model, args.arch).build(args.input_size or 112)
+    spec = getattr(model, "spec", None)
+    input_size = args.input_size or (spec.kwargs.get("input_size", 112) if spec else 112)
     out = Path(args.onnx)
-    export_onnx(model, out, args.input_size)
-    parity_inputs = model_inputs(face_images(args.parity_data, args.parity_images), args.input_size)
+    export_onnx(model, out, input_size)
+    parity_inputs = model_inputs(face_images(args.parity_data, args.parity_images), input_size)
     report = check_parity(model, inference_session(out), parity_inputs, what=str(out))
     print(
         f"wrote {out}: parity max |onnx - torch| = {report.max_abs_diff:.2e} over {report.images} images "
