@@ -7,7 +7,7 @@ machine is shared. Time is measured from the forward call after the warm-up step
 one, so start-up and the end-of-epoch checkpoint are excluded (they are per epoch, not per step).
 A second table compares bf16 autocast with fp32 inside the engine.
 
-    python benchmarks/bench_train.py [--rounds 3] [--steps 8] [--batch 32]
+    python benchmarks/bench_train.py [--rounds 3] [--steps 8] [--batch 32] [--width 1.0]
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ class Timed(ClassificationTask):
         return super().forward(batch)
 
 
-def make_task(name: str, input_size: int) -> Timed:
+def make_task(name: str, input_size: int, width: float) -> Timed:
     seed_everything(0)
-    backbone = build_backbone(name, input_size=input_size)
+    backbone = build_backbone(name, input_size=input_size, width=width)
     head = MarginClassifier(512, NUM_CLASSES, CombinedMargin(64.0, 1.0, 0.5, 0.0))
     task = Timed(backbone, head, input_size, backbone_spec=(name, backbone.spec.kwargs))
     task.stamps = []
@@ -67,8 +67,9 @@ def images_per_second(stamps: list[float], batch: int) -> float:
     return (len(stamps) - 1 - WARMUP) * batch / (stamps[-1] - stamps[WARMUP])
 
 
-def run_engine(name: str, size: int, data: TrainSamples, batch: int, workers: int, amp: str = "off") -> float:
-    task = make_task(name, size)
+def run_engine(name: str, size: int, width: float, data: TrainSamples, batch: int, workers: int,
+               amp: str = "off") -> float:
+    task = make_task(name, size, width)
     config = ExperimentConfig()
     config.schedule.warmup_steps = 2
     train = config.train
@@ -80,8 +81,8 @@ def run_engine(name: str, size: int, data: TrainSamples, batch: int, workers: in
     return images_per_second(task.stamps, batch)
 
 
-def run_bare(name: str, size: int, data: TrainSamples, batch: int, workers: int) -> float:
-    task = make_task(name, size)
+def run_bare(name: str, size: int, width: float, data: TrainSamples, batch: int, workers: int) -> float:
+    task = make_task(name, size, width)
     task.train()
     optimizer = torch.optim.SGD(task.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True,
@@ -103,18 +104,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="steps per run, the first 2 untimed")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--models", default="mbf:112,r18:112,mbf:64,r18:64")
+    parser.add_argument("--models", default="mbf:112,r18:112,mbf:64,r18:64", help="name:input_size,...")
+    parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier of every model")
     args = parser.parse_args()
     data = TrainSamples(RandomFaces(args.batch * args.steps))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{args.steps} steps per run, {args.rounds} rounds, {args.workers} loader worker(s)")
+          f"{args.steps} steps per run, {args.rounds} rounds, {args.workers} loader worker(s), width {args.width}")
     print(f"{'model':10} {'engine img/s':>13} {'bare img/s':>11} {'engine/bare':>12}")
     for item in args.models.split(","):
         name, size = item.split(":")
         engine, bare = [], []
         for _ in range(args.rounds):
-            engine.append(run_engine(name, int(size), data, args.batch, args.workers))
-            bare.append(run_bare(name, int(size), data, args.batch, args.workers))
+            engine.append(run_engine(name, int(size), args.width, data, args.batch, args.workers))
+            bare.append(run_bare(name, int(size), args.width, data, args.batch, args.workers))
         e, b = statistics.median(engine), statistics.median(bare)
         print(f"{name + '@' + size:10} {e:13.1f} {b:11.1f} {e / b:12.3f}", flush=True)
     print(f"\n{'model':10} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10}")
@@ -122,8 +124,8 @@ def main() -> None:
         name, size = item.split(":")
         fp32, bf16 = [], []
         for _ in range(args.rounds):
-            fp32.append(run_engine(name, int(size), data, args.batch, args.workers, amp="off"))
-            bf16.append(run_engine(name, int(size), data, args.batch, args.workers, amp="bf16"))
+            fp32.append(run_engine(name, int(size), args.width, data, args.batch, args.workers, amp="off"))
+            bf16.append(run_engine(name, int(size), args.width, data, args.batch, args.workers, amp="bf16"))
         f, h = statistics.median(fp32), statistics.median(bf16)
         print(f"{name + '@' + size:10} {f:11.1f} {h:11.1f} {h / f:10.3f}", flush=True)
 

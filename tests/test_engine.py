@@ -162,3 +162,24 @@ def test_too_small_dataset_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="train.batch_size"):
         Trainer(TinyTask(), samples(4), tiny_config(tmp_path))
+
+
+def test_backbone_pth_keeps_the_best_evaluated_weights(tmp_path):
+    scores = iter([0.5, 0.9, 0.7, 0.6])  # evaluations at steps 4, 8, 12, 16
+    snapshots = {}
+
+    def evaluator(backbone):
+        snapshots[len(snapshots)] = {k: v.clone() for k, v in backbone.state_dict().items()}
+        return {"synth": next(scores)}
+
+    seed_everything(0)
+    trainer = Trainer(TinyTask(), samples(64), tiny_config(tmp_path, eval_interval=4), evaluator=evaluator)
+    result = trainer.fit()
+    assert len(snapshots) == 4  # step 8 ends epoch 1 and is evaluated once
+    assert result.best_score == 0.9
+    best = torch.load(tmp_path / "backbone.pth", weights_only=True)
+    for name, value in snapshots[1].items():
+        assert torch.equal(best[name], value)
+    evals = [r for r in read_log(tmp_path) if "eval" in r]
+    assert [(r["step"], r["eval"]["synth"], r["best"]) for r in evals] == [
+        (4, 0.5, 0.5), (8, 0.9, 0.9), (12, 0.7, 0.9), (16, 0.6, 0.9)]

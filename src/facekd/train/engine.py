@@ -140,6 +140,7 @@ class Trainer:
         self.epoch = 0
         self.epoch_step = 0
         self.best_score: float | None = None
+        self.evaluated_step = -1
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -298,6 +299,9 @@ class Trainer:
 
     def _evaluate(self, log: RunLog | None) -> None:
         """Rank 0 evaluates the backbone; a better mean accuracy (or no evaluator) writes backbone.pth."""
+        if self.step == self.evaluated_step:  # an eval_interval step that also ends the epoch
+            return
+        self.evaluated_step = self.step
         if self.world.is_main:
             scores = {}
             if self.evaluator is not None:
