@@ -183,3 +183,16 @@ def test_backbone_pth_keeps_the_best_evaluated_weights(tmp_path):
     evals = [r for r in read_log(tmp_path) if "eval" in r]
     assert [(r["step"], r["eval"]["synth"], r["best"]) for r in evals] == [
         (4, 0.5, 0.5), (8, 0.9, 0.9), (12, 0.7, 0.9), (16, 0.6, 0.9)]
+
+
+def test_resuming_into_another_model_is_a_checkpoint_error(tmp_path):
+    from facekd.errors import CheckpointError
+
+    seed_everything(0)
+    Trainer(TinyTask(num_classes=4), samples(32), tiny_config(tmp_path, epochs=1)).fit()
+    trainer = Trainer(TinyTask(num_classes=6), samples(32), tiny_config(tmp_path, epochs=2))
+    with pytest.raises(CheckpointError) as error:
+        trainer.resume(tmp_path / "checkpoint.pt")
+    assert "classifier.weight" in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        trainer.resume(tmp_path / "missing.pt")

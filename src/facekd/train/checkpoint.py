@@ -114,7 +114,11 @@ def load_training_state(checkpoint: dict, task: Task, optimizer: torch.optim.Opt
     for key in current:
         if key.endswith("._extra_state") and any(name.startswith(key[: -len("_extra_state")]) for name in layout):
             task_state[key] = current[key]
-    missing, unexpected = task.load_state_dict(task_state, strict=False)
+    try:
+        missing, unexpected = task.load_state_dict(task_state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: report the first, on one line
+        mismatch = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise CheckpointError(f"{source}: task state does not fit this config: {mismatch}") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: task state does not fit this config: missing {sorted(missing)[:5]}, "
