@@ -241,6 +241,14 @@ def select_neurons(
     top_k: int,
 ) -> NeuronSelection:
     """The whole procedure, from activations on the attribute set to the chosen neurons."""
+    # The named IA/NA attributes must vary on this set; any other attribute that does not vary
+    # carries no selectivity and is left out of the profiles (the pairwise term) rather than failing.
+    named = list(dict.fromkeys([*identity_attributes, *unrelated_attributes]))
+    positive = (np.asarray(attributes) > 0).sum(axis=0)
+    varying = (positive > 0) & (positive < len(attributes))
+    keep = [i for i, name in enumerate(attribute_names) if varying[i] or name in named]
+    attribute_names = [attribute_names[i] for i in keep]
+    attributes = np.asarray(attributes)[:, keep]
     identity = attribute_indices(attribute_names, identity_attributes, "identity_attributes", source)
     unrelated = attribute_indices(attribute_names, unrelated_attributes, "unrelated_attributes", source)
     check_both_classes(attributes, attribute_names, source)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -14,7 +16,9 @@ from facekd.distill.cache import TeacherCache, file_fingerprint
 from facekd.distill.config import DistillExperimentConfig
 from facekd.distill.loading import load_teacher
 from facekd.errors import ConfigError
+from facekd.train import checkpoint as ckpt
 from facekd.train.build import backbone_options, bin_evaluator, open_train_samples
+from facekd.train.config import to_dict
 from facekd.train.distributed import World, is_distributed
 from facekd.train.engine import Trainer, TrainResult
 
@@ -83,11 +87,45 @@ def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples,
     return cache
 
 
-def distill(config: DistillExperimentConfig, world: World) -> TrainResult:
+def is_finished(out: Path, config: Any) -> bool:
+    """True when `out` holds the checkpoint of a finished run of exactly this config."""
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        return False
+    state = ckpt.load(path)
+    return state.get("config") == to_dict(config) and state.get("epoch") == config.train.epochs
+
+
+def distill(config: DistillExperimentConfig, world: World) -> TrainResult | dict[str, Any]:
+    """Train one student; a multi-stage method (`run_pipeline`) returns its own summary instead."""
     method = distiller_class(config.distill.method)
     samples = open_train_samples(config.data)
     setup = build_setup(config, samples.num_classes, world.device)
     evaluator = bin_evaluator(config, world.device) if world.is_main else None
+    if hasattr(method, "run_pipeline"):
+        return method.run_pipeline(setup, stage_fitter(config, world, samples, evaluator), samples)
     distiller = method.create(setup)
     attach_cache(distiller, config, samples, world)
     return Trainer(distiller, samples, config, world=world, evaluator=evaluator).fit()
+
+
+def stage_fitter(config: DistillExperimentConfig, world: World, train_samples, evaluator):
+    """`fit(task, samples, stage)` for pipelines: the engine, unchanged, under OUT/stage.
+
+    A stage whose folder already holds a finished checkpoint of the same config is loaded, not
+    retrained, so an interrupted pipeline resumes at its first unfinished stage.
+    """
+
+    def fit(task, samples, stage: str):
+        train = dataclasses.replace(config.train, out=str(Path(config.train.out) / stage))
+        stage_config = dataclasses.replace(config, train=train)
+        if is_finished(Path(train.out), stage_config):
+            task.load_state_dict(ckpt.load(Path(train.out) / "checkpoint.pt")["task"])
+            return task.to(world.device)
+        if samples is train_samples and isinstance(task, Distiller):
+            attach_cache(task, stage_config, samples, world)
+        Trainer(task, samples, stage_config, world=world,
+                evaluator=evaluator if samples is train_samples else None).fit()
+        return task
+
+    return fit
