@@ -98,7 +98,8 @@ def demo_plan(quick: bool) -> DemoPlan:
                     margin_s=32.0, students=tuple(students))
 
 
-def training_section(plan: DemoPlan, data: Path, network: Network, epochs: int, out: Path) -> dict[str, Any]:
+def training_section(plan: DemoPlan, data: Path, network: Network, epochs: int, out: Path,
+                     seed: int = 2048) -> dict[str, Any]:
     return {
         "data": {"train": str(data / "train")},
         "model": network.model_section(),
@@ -106,7 +107,7 @@ def training_section(plan: DemoPlan, data: Path, network: Network, epochs: int, 
         "optim": {"name": "sgd", "lr": plan.lr, "momentum": 0.9, "weight_decay": 5e-4},
         "schedule": {"kind": "cosine", "warmup_epochs": 0.5},
         "train": {"epochs": epochs, "batch_size": plan.batch_size, "workers": 1, "out": str(out),
-                  "log_interval": 10, "seed": 2048},
+                  "log_interval": 10, "seed": seed},
     }
 
 
@@ -241,31 +242,39 @@ def plot_accuracy_vs_flops(scores: list[Scores], path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def train_teacher(out: Path, plan: DemoPlan, data: Path, world: World) -> tuple[Path, float]:
+    """Train the teacher under OUT/teacher (or reuse it); returns its checkpoint and the seconds spent."""
+    config = from_dict(training_section(plan, data, plan.teacher, plan.teacher_epochs, out / "teacher"),
+                       ExperimentConfig, source="demo teacher")
+    seconds = run_stage("teacher", config, world)
+    return out / "teacher" / "checkpoint.pt", seconds
+
+
+def train_student(run: StudentRun, plan: DemoPlan, data: Path, teacher: Path, folder: Path, world: World, *,
+                  cache_dir: Path, seed: int = 2048) -> tuple[Path, float]:
+    """Train one student under `folder` (or reuse it); returns its final checkpoint and the seconds spent."""
+    raw = training_section(plan, data, run.network, plan.student_epochs, folder, seed)
+    if run.method:
+        raw["teacher"] = {"path": str(teacher)}
+        raw["distill"] = {"method": run.method, "options": dict(run.options), "attributes": str(data / "celeba"),
+                          "cache_dir": str(cache_dir), "cache_dtype": "float32"}
+        config = from_dict(raw, DistillExperimentConfig, source=f"demo {run.name}")
+    else:
+        config = from_dict(raw, ExperimentConfig, source=f"demo {run.name}")
+    seconds = run_stage(run.name, config, world)
+    return student_checkpoint(folder), seconds
+
+
 def run_demo(out: Path, plan: DemoPlan, *, device: torch.device, synth_workers: int = 2) -> Path:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     world = World(0, 1, device)
     data = ensure_data(out, plan, synth_workers)
-
-    teacher_config = from_dict(training_section(plan, data, plan.teacher, plan.teacher_epochs, out / "teacher"),
-                               ExperimentConfig, source="demo teacher")
-    seconds = {"teacher": run_stage("teacher", teacher_config, world)}
-    teacher_path = out / "teacher" / "checkpoint.pt"
-
-    checkpoints = {"teacher": teacher_path}
+    teacher, teacher_seconds = train_teacher(out, plan, data, world)
+    checkpoints, seconds = {"teacher": teacher}, {"teacher": teacher_seconds}
     for run in plan.students:
-        folder = out / "students" / run.folder
-        raw = training_section(plan, data, run.network, plan.student_epochs, folder)
-        if run.method:
-            raw["teacher"] = {"path": str(teacher_path)}
-            raw["distill"] = {"method": run.method, "options": dict(run.options),
-                              "attributes": str(data / "celeba"), "cache_dir": str(out / "teacher_cache"),
-                              "cache_dtype": "float32"}
-            config = from_dict(raw, DistillExperimentConfig, source=f"demo {run.name}")
-        else:
-            config = from_dict(raw, ExperimentConfig, source=f"demo {run.name}")
-        seconds[run.name] = run_stage(run.name, config, world)
-        checkpoints[run.name] = student_checkpoint(folder)
+        checkpoints[run.name], seconds[run.name] = train_student(
+            run, plan, data, teacher, out / "students" / run.folder, world, cache_dir=out / "teacher_cache")
 
     say("evaluating on the held-out pairs and the 1:N split")
     scores = [evaluate_network(name, path, data, device, seconds[name]) for name, path in checkpoints.items()]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +33,7 @@ from typing import Sequence
 import numpy as np
 from scipy.special import expit
 
-from facekd.errors import ConfigError, DataError
+from facekd.errors import ConfigError
 from facekd.fileio import atomic_write_text
 
 SELECTION_NAME = "selection.json"
@@ -42,6 +43,8 @@ SUMMARY_NAME = "selection.md"
 # any identity attribute in particular, and its unary term is capped at UNARY_CAP.
 ZERO_SPREAD = 1e-9
 UNARY_CAP = 1e6
+
+log = logging.getLogger(__name__)
 
 
 def balanced_accuracy(activations: np.ndarray, attributes: np.ndarray) -> np.ndarray:
@@ -64,16 +67,6 @@ def balanced_accuracy(activations: np.ndarray, attributes: np.ndarray) -> np.nda
     true_negative = (1.0 - fires).T @ (1.0 - labels)
     score = 0.5 * (true_positive / positives + true_negative / negatives)
     return np.maximum(score, 1.0 - score)
-
-
-def check_both_classes(attributes: np.ndarray, names: Sequence[str], where: str) -> None:
-    """Balanced accuracy needs positives and negatives of every attribute."""
-    positive = np.asarray(attributes) > 0
-    counts = positive.sum(axis=0)
-    for name, count in zip(names, counts):
-        if count == 0 or count == positive.shape[0]:
-            value = "positive" if count else "negative"
-            raise DataError(f"{where}: attribute {name!r} is {value} on all {positive.shape[0]} images, expected both classes")
 
 
 def unary_term(selectivity: np.ndarray, identity: Sequence[int], unrelated: Sequence[int]) -> np.ndarray:
@@ -241,17 +234,20 @@ def select_neurons(
     top_k: int,
 ) -> NeuronSelection:
     """The whole procedure, from activations on the attribute set to the chosen neurons."""
-    # The named IA/NA attributes must vary on this set; any other attribute that does not vary
-    # carries no selectivity and is left out of the profiles (the pairwise term) rather than failing.
-    named = list(dict.fromkeys([*identity_attributes, *unrelated_attributes]))
+    # An attribute that never varies on this set has no selectivity: leave it out (and say so);
+    # each group must keep at least two attributes for the unary term (attribute_indices checks).
     positive = (np.asarray(attributes) > 0).sum(axis=0)
     varying = (positive > 0) & (positive < len(attributes))
-    keep = [i for i, name in enumerate(attribute_names) if varying[i] or name in named]
-    attribute_names = [attribute_names[i] for i in keep]
-    attributes = np.asarray(attributes)[:, keep]
+    constant = [name for name, keep in zip(attribute_names, varying) if not keep]
+    if constant:
+        log.warning("%s: attributes %s do not vary on these %d images; left out of the selectivity table",
+                    source, constant, len(attributes))
+    attribute_names = [name for name, keep in zip(attribute_names, varying) if keep]
+    attributes = np.asarray(attributes)[:, varying]
+    identity_attributes = [name for name in identity_attributes if name not in constant]
+    unrelated_attributes = [name for name in unrelated_attributes if name not in constant]
     identity = attribute_indices(attribute_names, identity_attributes, "identity_attributes", source)
     unrelated = attribute_indices(attribute_names, unrelated_attributes, "unrelated_attributes", source)
-    check_both_classes(attributes, attribute_names, source)
     selectivity = balanced_accuracy(activations, attributes)
     unary = unary_term(selectivity, identity, unrelated)
     result = mean_field(unary, pairwise_term(selectivity), lam=lam, phi0=phi0, damping=damping, iterations=iterations)

@@ -96,36 +96,46 @@ def is_finished(out: Path, config: Any) -> bool:
     return state.get("config") == to_dict(config) and state.get("epoch") == config.train.epochs
 
 
-def distill(config: DistillExperimentConfig, world: World) -> TrainResult | dict[str, Any]:
-    """Train one student; a multi-stage method (`run_pipeline`) returns its own summary instead."""
+def distill(config: DistillExperimentConfig, world: World) -> TrainResult:
+    """Train one student; for a multi-stage method (`run_pipeline`), the result of its last stage."""
+    if config.head.partial_fc:
+        raise ConfigError("head.partial_fc: distillation methods build their own full classifier; set it to false")
     method = distiller_class(config.distill.method)
     samples = open_train_samples(config.data)
     setup = build_setup(config, samples.num_classes, world.device)
     evaluator = bin_evaluator(config, world.device) if world.is_main else None
     if hasattr(method, "run_pipeline"):
-        return method.run_pipeline(setup, stage_fitter(config, world, samples, evaluator), samples)
+        fitter = StageFitter(config, world, samples, evaluator)
+        method.run_pipeline(setup, fitter, samples)
+        return fitter.last
     distiller = method.create(setup)
     attach_cache(distiller, config, samples, world)
     return Trainer(distiller, samples, config, world=world, evaluator=evaluator).fit()
 
 
-def stage_fitter(config: DistillExperimentConfig, world: World, train_samples, evaluator):
+class StageFitter:
     """`fit(task, samples, stage)` for pipelines: the engine, unchanged, under OUT/stage.
 
     A stage whose folder already holds a finished checkpoint of the same config is loaded, not
     retrained, so an interrupted pipeline resumes at its first unfinished stage.
     """
 
-    def fit(task, samples, stage: str):
-        train = dataclasses.replace(config.train, out=str(Path(config.train.out) / stage))
-        stage_config = dataclasses.replace(config, train=train)
-        if is_finished(Path(train.out), stage_config):
-            task.load_state_dict(ckpt.load(Path(train.out) / "checkpoint.pt")["task"])
-            return task.to(world.device)
-        if samples is train_samples and isinstance(task, Distiller):
-            attach_cache(task, stage_config, samples, world)
-        Trainer(task, samples, stage_config, world=world,
-                evaluator=evaluator if samples is train_samples else None).fit()
-        return task
+    def __init__(self, config: DistillExperimentConfig, world: World, train_samples, evaluator) -> None:
+        self.config, self.world, self.train_samples, self.evaluator = config, world, train_samples, evaluator
+        self.last: TrainResult | None = None
 
-    return fit
+    def __call__(self, task, samples, stage: str):
+        train = dataclasses.replace(self.config.train, out=str(Path(self.config.train.out) / stage))
+        stage_config = dataclasses.replace(self.config, train=train)
+        checkpoint = Path(train.out) / "checkpoint.pt"
+        if is_finished(Path(train.out), stage_config):
+            state = ckpt.load(checkpoint)
+            task.load_state_dict(state["task"])
+            self.last = TrainResult(state["step"], state["epoch"], False, state.get("best"), checkpoint)
+            return task.to(self.world.device)
+        main_data = samples is self.train_samples
+        if main_data and isinstance(task, Distiller):
+            attach_cache(task, stage_config, samples, self.world)
+        self.last = Trainer(task, samples, stage_config, world=self.world,
+                            evaluator=self.evaluator if main_data else None).fit()
+        return task

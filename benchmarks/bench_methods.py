@@ -1,0 +1,80 @@
+"""Compare the seed methods on the synthetic benchmark: mean and std over student seeds.
+
+One teacher (the demo's) is trained once; every student of the demo plan, plus `resolution`
+(KT+KD) at three input resolutions, is trained once per seed with the same budget, and each is
+scored on the held-out pairs and the 1:N split. The no-teacher baselines come from the same run,
+so the printed differences are measured against a baseline of the same machine and moment.
+
+    python benchmarks/bench_methods.py --out runs/bench_methods --seeds 0 1 2 [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+from facekd.demo import Network, StudentRun, demo_plan, ensure_data, evaluate_network, train_student, train_teacher
+from facekd.fileio import atomic_write_text
+from facekd.runtime import pick_device
+from facekd.train.distributed import World
+
+
+def resolution_sweep(teacher: Network, sizes: list[int]) -> list[StudentRun]:
+    return [StudentRun(f"resolution (kt+kd, {size} px)", f"resolution_{size}px",
+                       dataclasses.replace(teacher, input_size=size), "resolution", {"mode": "kt+kd"})
+            for size in sizes]
+
+
+def mean_std(values: list[float]) -> str:
+    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * spread:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_methods"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="the demo's quick plan (a smoke run, not a result)")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[40, 32, 24])
+    args = parser.parse_args()
+
+    plan = demo_plan(args.quick)
+    sweep = resolution_sweep(plan.teacher, args.resolutions)
+    students = [run for run in plan.students if run.method != "resolution"] + sweep
+    device = pick_device("auto")
+    world = World(0, 1, device)
+    data = ensure_data(args.out, plan, workers=2)
+    teacher, _ = train_teacher(args.out, plan, data, world)
+    rows = {"teacher": [evaluate_network("teacher", teacher, data, device, 0.0)]}
+    for seed in args.seeds:
+        for run in students:
+            folder = args.out / f"seed{seed}" / run.folder
+            checkpoint, seconds = train_student(run, plan, data, teacher, folder, world,
+                                                cache_dir=args.out / "teacher_cache", seed=seed)
+            rows.setdefault(run.name, []).append(evaluate_network(run.name, checkpoint, data, device, seconds))
+
+    baseline = {s.name: s for s in rows["baseline"]}
+    lines = [f"Seeds {args.seeds}; teacher {plan.teacher.backbone} {plan.teacher.kwargs} at "
+             f"{plan.teacher.input_size} px; {plan.student_epochs} student epochs.", "",
+             "| model | accuracy (%) | rank-1 (%) | MFLOPs | FLOPs vs teacher | accuracy - baseline (pts) |",
+             "|---|---|---|---|---|---|"]
+    teacher_flops = rows["teacher"][0].flops
+    base_mean = statistics.fmean(s.accuracy for s in baseline.values())
+    for name, scores in rows.items():
+        accuracy = [s.accuracy for s in scores]
+        lines.append(f"| {name} | {mean_std(accuracy)} | {mean_std([s.rank1 for s in scores])} | "
+                     f"{scores[0].flops / 1e6:.1f} | {scores[0].flops / teacher_flops:.3f} | "
+                     f"{100 * (statistics.fmean(accuracy) - base_mean):+.2f} |")
+    table = "\n".join(lines) + "\n"
+    atomic_write_text(args.out / "summary.md", table)
+    atomic_write_text(args.out / "summary.json", json.dumps(
+        {name: [{k: v for k, v in dataclasses.asdict(s).items() if k != "curve"} for s in scores]
+         for name, scores in rows.items()}, indent=2, default=str))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
