@@ -35,11 +35,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed batch-1 passes (median)")
     parser.add_argument("--large-batch", type=int, default=64)
     parser.add_argument("--large-repeats", type=int, default=1, help="timed large-batch passes, after 1 warm-up")
+    parser.add_argument("--threads", type=int, help="torch (and onnxruntime) threads; default: torch's")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed batch-1 passes first")
     parser.add_argument("--json", help="write every profile here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     settings = LatencySettings(
-        warmup=3, repeats=args.repeats, large_batch=args.large_batch,
+        warmup=args.warmup, repeats=args.repeats, large_batch=args.large_batch,
         large_batch_warmup=1, large_batch_repeats=args.large_repeats, fast=not args.full,
     )
     started = time.time()
