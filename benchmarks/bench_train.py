@@ -2,7 +2,7 @@
 
 Both loops train the same ClassificationTask (backbone + ArcFace head) on the same in-memory
 112x112 uint8 images with the same DataLoader settings, batch flip, gradient clipping and SGD.
-Runs alternate (engine, bare, engine, bare, ...) and the medians are compared, because the
+Runs alternate (engine then bare, bare then engine, ...) and the medians are compared, because the
 machine is shared. Time is measured from the forward call after the warm-up steps to the last
 one, so start-up and the end-of-epoch checkpoint are excluded (they are per epoch, not per step).
 A second table compares bf16 autocast with fp32 inside the engine.
@@ -121,9 +121,11 @@ def main() -> None:
     for item in args.models.split(","):
         name, size = item.split(":")
         engine, bare = [], []
-        for _ in range(args.rounds):
-            engine.append(run_engine(name, int(size), args.width, data, args.batch, args.workers))
-            bare.append(run_bare(name, int(size), args.width, data, args.batch, args.workers))
+        for round_number in range(args.rounds):
+            # Alternate which loop goes first, so a drift in the machine's load favours neither.
+            runs = [(engine, run_engine), (bare, run_bare)]
+            for results, run in runs[:: 1 if round_number % 2 == 0 else -1]:
+                results.append(run(name, int(size), args.width, data, args.batch, args.workers))
         wall = [statistics.median(r[0] for r in runs) for runs in (engine, bare)]
         cpu = [statistics.median(r[1] for r in runs) for runs in (engine, bare)]
         print(f"{name + '@' + size:10} {wall[0]:13.1f} {wall[1]:11.1f} {wall[0] / wall[1]:12.3f} "
@@ -132,9 +134,10 @@ def main() -> None:
     for item in args.amp_models.split(","):
         name, size = item.split(":")
         fp32, bf16 = [], []
-        for _ in range(args.rounds):
-            fp32.append(run_engine(name, int(size), args.width, data, args.batch, args.workers, amp="off"))
-            bf16.append(run_engine(name, int(size), args.width, data, args.batch, args.workers, amp="bf16"))
+        for round_number in range(args.rounds):
+            runs = [(fp32, "off"), (bf16, "bf16")]
+            for results, amp in runs[:: 1 if round_number % 2 == 0 else -1]:
+                results.append(run_engine(name, int(size), args.width, data, args.batch, args.workers, amp=amp))
         wall = [statistics.median(r[0] for r in runs) for runs in (fp32, bf16)]
         cpu = [statistics.median(r[1] for r in runs) for runs in (fp32, bf16)]
         print(f"{name + '@' + size:10} {wall[0]:11.1f} {wall[1]:11.1f} {wall[1] / wall[0]:10.3f} "
