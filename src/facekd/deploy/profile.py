@@ -86,12 +86,21 @@ class ModelProfile:
 
 
 def count_flops(model: nn.Module, resolution: int) -> int:
-    """FLOPs of one forward pass on one image, as counted by PyTorch's own flop counter."""
+    """FLOPs (2 per multiply-add) of one image at `resolution`, by PyTorch's own flop counter.
+
+    The model runs in eval mode on its own device; its training mode is restored afterwards.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
+    was_training = model.training
+    device = next(model.parameters()).device
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(torch.zeros(1, 3, resolution, resolution))
+    model.eval()
+    try:
+        with torch.inference_mode(), counter:
+            model(torch.zeros(1, 3, resolution, resolution, device=device))
+    finally:
+        model.train(was_training)
     return int(counter.get_total_flops())
 
 

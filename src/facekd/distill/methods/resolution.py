@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from facekd.deploy.profile import count_flops
 from facekd.distill.base import (
     EMBEDDING,
     POOLED,
@@ -48,7 +48,10 @@ from facekd.distill.base import (
     parse_options,
     register_distiller,
 )
-from facekd.distill.methods.shrinkteanet import FeatureDistance, module_device, probe_features
+from facekd.distill.methods.shrinkteanet import (
+    FeatureDistance,
+    probe_features,
+)
 from facekd.errors import ConfigError
 from facekd.fileio import atomic_write_text
 from facekd.models import build_backbone
@@ -77,23 +80,6 @@ def check_same_architecture(student: nn.Module, teacher: nn.Module) -> None:
                 f"resolution: the student must be the teacher's architecture; {key} is {tuple(s_state[key].shape)} "
                 f"in the student, {tuple(value.shape)} in the teacher (use fcn: true and the teacher's options)"
             )
-
-
-@torch.no_grad()
-def count_flops(network: nn.Module, input_size: int) -> int:
-    """FLOPs (2 per multiply-add) of one image through `network` at `input_size`, in eval mode.
-
-    A backbone built without global pooling refuses a smaller input with a ConfigError itself.
-    """
-    was_training = network.training
-    network.eval()
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter:
-            network(torch.zeros(1, 3, input_size, input_size, device=module_device(network)))
-    finally:
-        network.train(was_training)
-    return int(counter.get_total_flops())
 
 
 def flops_report(student: nn.Module, student_size: int, teacher: Teacher) -> dict[str, float]:
