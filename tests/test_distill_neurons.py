@@ -22,7 +22,7 @@ from facekd.distill.neuron_selection import (
     select_neurons,
     unary_term,
 )
-from facekd.errors import ConfigError, DataError
+from facekd.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,10 +96,16 @@ def test_selection_prefers_identity_selective_neurons():
         select_neurons(activations, attributes, ["a", "b", "c", "d"], ["a", "zz"], ["c", "d"], source="test",
                        lam=0.0, phi0=1.0, damping=0.5, iterations=10, top_k=0)
     constant = attributes.copy()
-    constant[:, 3] = 1
-    with pytest.raises(DataError, match="'d' is positive on all"):
+    constant[:, 3] = 1  # "d" never varies: it is left out, and the NA group is one attribute short
+    with pytest.raises(ConfigError, match="unrelated_attributes"):
         select_neurons(activations, constant, ["a", "b", "c", "d"], ["a", "b"], ["c", "d"], source="test",
                        lam=0.0, phi0=1.0, damping=0.5, iterations=10, top_k=0)
+    # An attribute that never varies and is in neither group is dropped from the table only.
+    extra = np.concatenate([attributes, np.ones((count, 1), dtype=attributes.dtype)], axis=1)
+    kept = select_neurons(activations, extra, ["a", "b", "c", "d", "e"], ["a", "b"], ["c", "d"], source="test",
+                          lam=0.0, phi0=1.0, damping=0.5, iterations=100, top_k=0)
+    assert kept.attribute_names == ["a", "b", "c", "d"] and kept.selectivity.shape == (3, 4)
+    np.testing.assert_array_equal(kept.indices, selection.indices)
 
 
 def _setup(tmp_path, **options) -> DistillSetup:
