@@ -48,9 +48,12 @@ def test_margin_distillation_runs_and_reuses_its_teacher_cache(tiny_data, tmp_pa
     assert main(distill_args(tiny_data, "margin", tmp_path / "a")) == 0
     metas = list((tiny_data / "cache").glob("*/meta.json"))
     assert len(metas) == 1
-    assert json.loads(metas[0].read_text())["fields"] == [CENTRE_COSINE]
+    # One teacher pass stores what any method may want: the embedding rides along.
+    assert json.loads(metas[0].read_text())["fields"] == sorted([CENTRE_COSINE, EMBEDDING])
     built = metas[0].stat().st_mtime_ns
     assert main(distill_args(tiny_data, "margin", tmp_path / "b")) == 0
+    assert main(distill_args(tiny_data, "fitnet", tmp_path / "c")) == 0  # needs only the embedding
+    assert list((tiny_data / "cache").glob("*/meta.json")) == metas
     assert metas[0].stat().st_mtime_ns == built  # opened, not rebuilt
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     steps = [entry for entry in log if "loss" in entry]

@@ -11,7 +11,16 @@ from typing import Any
 
 import torch
 
-from facekd.distill.base import CACHEABLE_OUTPUTS, Distiller, DistillSetup, StudentSpec, distiller_class
+from facekd.distill.base import (
+    CACHEABLE_OUTPUTS,
+    CENTRE_COSINE,
+    EMBEDDING,
+    Distiller,
+    DistillSetup,
+    StudentSpec,
+    Teacher,
+    distiller_class,
+)
 from facekd.distill.cache import TeacherCache, file_fingerprint
 from facekd.distill.config import DistillExperimentConfig
 from facekd.distill.loading import load_teacher
@@ -51,9 +60,13 @@ def cache_fingerprint(config: DistillExperimentConfig, distiller: Distiller, num
         "teacher_input_size": distiller.teacher.input_size,
         "data": file_fingerprint(data_file),
         "num_samples": num_samples,
-        "fields": sorted(distiller.teacher_needs),
         "dtype": config.distill.cache_dtype,
     }
+
+
+def shared_fields(teacher: Teacher) -> set[str]:
+    """Outputs worth caching for any later method: the embedding, and the centre cosine when known."""
+    return {EMBEDDING} | ({CENTRE_COSINE} if teacher.centres is not None else set())
 
 
 def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples, world: World) -> TeacherCache | None:
@@ -75,9 +88,13 @@ def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples,
     digest = hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(config.distill.cache_dir or default_cache_dir()) / digest
     cache = TeacherCache.open(root, fingerprint) if world.is_main else None
-    if world.is_main and cache is None:
+    if world.is_main and (cache is None or not distiller.teacher_needs <= set(cache.fields)):
+        # One pass serves every method: store the small outputs any method may want as well.
+        fields = distiller.teacher_needs | shared_fields(distiller.teacher)
+        if cache is not None:
+            fields |= set(cache.fields)
         cache = TeacherCache.build(
-            root, distiller.teacher, samples, distiller.teacher_needs, fingerprint,
+            root, distiller.teacher, samples, frozenset(fields), fingerprint,
             batch_size=config.train.batch_size, num_workers=config.train.workers,
             dtype=config.distill.cache_dtype, device=world.device, progress=config.train.progress)
     if is_distributed():
