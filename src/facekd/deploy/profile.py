@@ -19,10 +19,13 @@ The fast mode measures PyTorch at batch 1 only, for quick reports such as the de
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -118,11 +121,26 @@ def median_ms(run: Callable[[], object], *, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: Kineto prints a profiler_start/stop line per use from C++."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_forward_memory_mb(model: nn.Module, batch: torch.Tensor) -> float:
     """Highest net CPU allocation during one forward pass, from the profiler's allocation events."""
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.inference_mode(), quiet_stderr(), profile(activities=[ProfilerActivity.CPU],
+                                                         profile_memory=True) as prof:
         model(batch)
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
