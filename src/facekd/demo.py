@@ -73,10 +73,10 @@ class DemoPlan:
 
 
 def demo_plan(quick: bool) -> DemoPlan:
-    """The default plan finishes in about 12 minutes on 2 CPU cores, `quick` in under 3.
+    """The default plan finishes in about 14 minutes on 2 CPU cores, `quick` in under 3.
 
-    Sized by measurement (docs/benchmarks.md): the teacher sees about 60k samples, which puts it
-    at 90-99% on the held-out pairs, and every student gets the same, smaller budget.
+    Sized by measurement (docs/benchmarks.md): the teacher sees 45k samples, which puts it at
+    90-99% on the held-out pairs, and every student gets the same, smaller budget.
     """
     embedding = {"num_features": 128, "fcn": True}
     teacher = Network("r18", {"width": 0.25, **embedding}, 40)
@@ -98,7 +98,7 @@ def demo_plan(quick: bool) -> DemoPlan:
         return DemoPlan(synth, teacher, teacher_epochs=5, student_epochs=2, batch_size=64, lr=0.1,
                         margin_s=32.0, students=tuple(students))
     synth = SynthConfig(identities=500, images_per_identity=30)
-    return DemoPlan(synth, teacher, teacher_epochs=4, student_epochs=2, batch_size=128, lr=0.1,
+    return DemoPlan(synth, teacher, teacher_epochs=3, student_epochs=2, batch_size=128, lr=0.1,
                     margin_s=32.0, students=tuple(students))
 
 
