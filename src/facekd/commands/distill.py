@@ -81,7 +81,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         close_world(world)
     if world.is_main:
-        state = "stopped" if result.interrupted else "finished"
-        best = "" if result.best_score is None else f", best mean verification accuracy {result.best_score:.4f}"
-        print(f"{state} at step {result.step} (epoch {result.epoch}){best}; checkpoint {result.checkpoint}")
+        print(result.summary())
     return 0

@@ -50,6 +50,12 @@ class TrainResult:
     best_score: float | None
     checkpoint: Path
 
+    def summary(self) -> str:
+        """One line for the end of a run: how it ended, where, and the best accuracy if evaluated."""
+        state = "stopped" if self.interrupted else "finished"
+        best = "" if self.best_score is None else f", best mean verification accuracy {self.best_score:.4f}"
+        return f"{state} at step {self.step} (epoch {self.epoch}){best}; checkpoint {self.checkpoint}"
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
