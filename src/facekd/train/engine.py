@@ -86,6 +86,12 @@ def flip_seed(seed: int, batch: int, rank: int) -> int:
     return (seed * 1_000_003 + batch) * 1009 + rank
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which finishes its step and checkpoints
+    (a terminal sends SIGINT to the whole process group, workers included)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class StopRequest:
     """SIGTERM or Ctrl-C: finish the current step, checkpoint, exit. A second Ctrl-C aborts."""
 
@@ -139,6 +145,7 @@ class Trainer:
         self.loader = DataLoader(
             dataset, batch_sampler=self.sampler, num_workers=train.workers,
             pin_memory=self.device.type == "cuda", persistent_workers=train.workers > 0,
+            worker_init_fn=ignore_interrupts,
             # Its own generator: starting an epoch must not draw from the global RNG (exact resume).
             generator=torch.Generator().manual_seed(train.seed))
         self.clip_params = [p for p in self.task.backbone.parameters() if p.requires_grad]
