@@ -130,8 +130,10 @@ def main() -> None:
         cpu = [statistics.median(r[1] for r in runs) for runs in (engine, bare)]
         print(f"{name + '@' + size:10} {wall[0]:13.1f} {wall[1]:11.1f} {wall[0] / wall[1]:12.3f} "
               f"{cpu[0] / cpu[1]:11.3f}", flush=True)
-    print(f"\n{'model':10} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10} {'(CPU time)':>11}")
-    for item in args.amp_models.split(","):
+    amp_models = [item for item in args.amp_models.split(",") if item]  # "" skips the bf16 table
+    if amp_models:
+        print(f"\n{'model':10} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10} {'(CPU time)':>11}")
+    for item in amp_models:
         name, size = item.split(":")
         fp32, bf16 = [], []
         for round_number in range(args.rounds):
