@@ -31,6 +31,14 @@ TEACHER_OUTPUTS = frozenset({EMBEDDING, POOLED, STAGES, COSINE, CENTRE_COSINE})
 CACHEABLE_OUTPUTS = frozenset({EMBEDDING, POOLED, CENTRE_COSINE})
 
 
+def network_input(images: Tensor, size: int) -> Tensor:
+    """uint8 N x 3 x H x W -> float in [-1, 1] at exactly `size` x `size` (resized when it differs)."""
+    x = normalize(images)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = resize(x, size)
+    return x
+
+
 @dataclass
 class TeacherOutputs:
     embedding: Tensor | None = None
@@ -102,6 +110,16 @@ class Teacher:
                     "loaded; pass the teacher's head (--teacher-head) or a facekd checkpoint with its head"
                 )
 
+    def centres_for(self, num_classes: int, method: str) -> Tensor:
+        """The teacher's class centres, which must exist and cover exactly the training set's classes."""
+        self.require(CENTRE_COSINE)
+        if self.centres.shape[0] != num_classes:
+            raise ConfigError(
+                f"{method}: the teacher's head has {self.centres.shape[0]} classes, the training set {num_classes}; "
+                f"{method} needs the teacher's own classes"
+            )
+        return self.centres
+
     def to(self, device: torch.device | str) -> "Teacher":
         if isinstance(self.network, nn.Module):
             self.network.to(device)
@@ -113,10 +131,7 @@ class Teacher:
 
     def prepare(self, images: Tensor) -> Tensor:
         """uint8 N x 3 x H x W -> the teacher's float input at its own resolution."""
-        x = normalize(images)
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = resize(x, self.input_size)
-        return x
+        return network_input(images, self.input_size)
 
     @torch.no_grad()
     def outputs(self, images: Tensor, labels: Tensor, needs: frozenset[str]) -> TeacherOutputs:
@@ -223,10 +238,7 @@ class Distiller(Task):
         return self
 
     def student_input(self, images: Tensor) -> Tensor:
-        x = normalize(images)
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = resize(x, self.input_size)
-        return x
+        return network_input(images, self.input_size)
 
     def teacher_outputs(self, batch: dict[str, Tensor]) -> TeacherOutputs:
         if not self.teacher_needs:  # e.g. ArcDistill or resolution's kt mode: the teacher need not run

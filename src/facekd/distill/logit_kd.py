@@ -13,9 +13,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from facekd.distill.base import COSINE, Distiller, DistillSetup, Teacher, TeacherOutputs, parse_options
+from facekd.distill.base import (
+    COSINE,
+    Distiller,
+    DistillSetup,
+    Teacher,
+    TeacherOutputs,
+    parse_options,
+)
 from facekd.distill.feature_kd import build_margin_head, build_student, embedding_size
-from facekd.errors import ConfigError
 
 
 @dataclass
@@ -34,11 +40,7 @@ class LogitDistiller(Distiller):
                  options: Any, input_size: int) -> None:
         spec = student.spec
         super().__init__(student, teacher, backbone_spec=(spec.name, dict(spec.kwargs)), input_size=input_size)
-        if teacher.num_classes != head.weight.shape[0]:
-            raise ConfigError(
-                f"teacher {teacher.source}: has {teacher.num_classes} class centres, the training data "
-                f"has {head.weight.shape[0]} classes; logit distillation needs the teacher's own classes"
-            )
+        teacher.centres_for(head.weight.shape[0], self.name)
         self.head = head
         self.distill_loss = loss
         self.options = options

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facekd.distill.base import (
-    CENTRE_COSINE,
     Distiller,
     DistillSetup,
     Teacher,
@@ -34,9 +33,9 @@ from facekd.distill.base import (
     parse_options,
     register_distiller,
 )
+from facekd.distill.feature_kd import build_student
 from facekd.distill.methods.shrinkteanet import probe_features
 from facekd.errors import ConfigError
-from facekd.models import build_backbone
 from facekd.models.heads import CombinedMargin
 
 MARGIN_LOSSES = ("arcface", "cosface")
@@ -60,7 +59,7 @@ def centre_cosine_matrix(embeddings: Tensor, centres: Tensor) -> Tensor:
 
 def build_student_with_embedding(setup: DistillSetup, method: str, size: int) -> nn.Module:
     """Build the student and check that its embedding has `size` dimensions (the teacher's)."""
-    student = build_backbone(setup.student.name, **setup.student.kwargs)
+    student = build_student(setup)
     found = probe_features(student, setup.student.input_size)["embedding"].shape[1]
     if found != size:
         raise ConfigError(
@@ -106,13 +105,7 @@ class ArcDistill(Distiller):
         options = parse_options(cls.Options, setup.options, "arcdistill")
         margin = margin_from_options("arcdistill", options.loss, options.s, options.m_arcface, options.m_cosface)
         teacher = setup.teacher
-        teacher.require(CENTRE_COSINE)  # i.e. the teacher's head must be loaded
-        centres = teacher.centres
-        if centres.shape[0] != setup.num_classes:
-            raise ConfigError(
-                f"arcdistill: the teacher's head has {centres.shape[0]} classes, the training set {setup.num_classes}; "
-                "ArcDistill needs the teacher's classes"
-            )
+        centres = teacher.centres_for(setup.num_classes, "arcdistill")
         student = build_student_with_embedding(setup, "arcdistill", centres.shape[1])
         return cls(student, FrozenCentreMarginLoss(centres, margin), teacher,
                    backbone_spec=(setup.student.name, dict(setup.student.kwargs)),

@@ -110,13 +110,7 @@ class MarginDistillation(Distiller):
         if options.s <= 0:
             raise ConfigError(f"margin.s: found {options.s}, expected a scale > 0")
         teacher = setup.teacher
-        teacher.require(CENTRE_COSINE)
-        centres = teacher.centres
-        if centres.shape[0] != setup.num_classes:
-            raise ConfigError(
-                f"margin: the teacher's head has {centres.shape[0]} classes, the training set {setup.num_classes}; "
-                "MarginDistillation needs the teacher's classes"
-            )
+        centres = teacher.centres_for(setup.num_classes, "margin")
         student = build_student_with_embedding(setup, "margin", centres.shape[1])
         loss = AdaptiveMarginLoss(centres, s=options.s, m_max=options.m_max, m_min=options.m_min,
                                   global_dmax=options.global_dmax)

@@ -198,11 +198,7 @@ class TransferDistiller(Distiller):
             setup = _with_width(setup, options.width_rates[0])
         teacher = setup.teacher
         teacher.require(COSINE)
-        if teacher.num_classes != setup.num_classes:
-            raise ConfigError(
-                f"transfer: the teacher's head has {teacher.num_classes} classes, the training set {setup.num_classes}; "
-                "Hinton KD needs the teacher's classes"
-            )
+        teacher.centres_for(setup.num_classes, "transfer")
         student = build_student(setup)
         embedding_size = _embedding_size(student, setup.student.input_size)
         head = MarginClassifier(embedding_size, setup.num_classes, CombinedMargin(*setup.margin))
