@@ -5,9 +5,15 @@ Both loops train the same ClassificationTask (backbone + ArcFace head) on the sa
 Runs alternate (engine then bare, bare then engine, ...) and the medians are compared, because the
 machine is shared. Time is measured from the forward call after the warm-up steps to the last
 one, so start-up and the end-of-epoch checkpoint are excluded (they are per epoch, not per step).
-A second table compares bf16 autocast with fp32 inside the engine.
+A second table measures the engine's fixed host cost per step directly: both loops train a
+near-zero-cost task (a linear layer on 8x8 images, batches loaded in the main process so nothing
+overlaps) for many steps, so the difference in step time is the engine's own work (schedule, loss
+sync and NaN check, logging, progress bar, sampler). That cost does not grow with the model, so
+dividing it by each model's bare step time bounds the engine's overhead far more tightly than the
+wall-clock ratio, which the machine's noise blurs.
+A third table compares bf16 autocast with fp32 inside the engine.
 
-    python benchmarks/bench_train.py [--rounds 3] [--steps 8] [--batch 32] [--width 1.0]
+    python benchmarks/bench_train.py [--rounds 3] [--steps 8] [--batch 32] [--width 1.0] [--null-steps 400]
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
 from facekd.data import transforms
 from facekd.data.training import TrainSamples
@@ -30,6 +37,8 @@ from facekd.train.task import ClassificationTask
 
 WARMUP = 2
 NUM_CLASSES = 1000
+NULL_MODEL = "linear"  # the near-zero-cost task of the fixed-cost table
+NULL_SIZE = 8
 
 
 class RandomFaces:
@@ -56,9 +65,14 @@ class Timed(ClassificationTask):
 
 def make_task(name: str, input_size: int, width: float) -> Timed:
     seed_everything(0)
-    backbone = build_backbone(name, input_size=input_size, width=width)
+    if name == NULL_MODEL:
+        backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * input_size * input_size, 512))
+        spec = (NULL_MODEL, {})
+    else:
+        backbone = build_backbone(name, input_size=input_size, width=width)
+        spec = (name, backbone.spec.kwargs)
     head = MarginClassifier(512, NUM_CLASSES, CombinedMargin(64.0, 1.0, 0.5, 0.0))
-    task = Timed(backbone, head, input_size, backbone_spec=(name, backbone.spec.kwargs))
+    task = Timed(backbone, head, input_size, backbone_spec=spec)
     task.stamps = []
     return task
 
@@ -104,6 +118,21 @@ def run_bare(name: str, size: int, width: float, data: TrainSamples, batch: int,
     return images_per_second(task.stamps, batch)
 
 
+def alternate(rounds: int, first, second) -> tuple[list, list]:
+    """Call `first` and `second` `rounds` times each, swapping their order every round, so a drift
+    in the machine's load favours neither."""
+    results: tuple[list, list] = ([], [])
+    for round_number in range(rounds):
+        order = [(results[0], first), (results[1], second)]
+        for out, run in order[:: 1 if round_number % 2 == 0 else -1]:
+            out.append(run())
+    return results
+
+
+def medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -112,38 +141,57 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--models", default="mbf:112,r18:112,mbf:64,r18:64", help="name:input_size,...")
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier of every model")
+    parser.add_argument("--null-steps", type=int, default=400,
+                        help="steps per run of the fixed-cost table (0 skips it)")
     parser.add_argument("--amp-models", default="mbf:112", help="models of the bf16-vs-fp32 table")
     args = parser.parse_args()
     data = TrainSamples(RandomFaces(args.batch * args.steps))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.steps} steps per run, {args.rounds} rounds, {args.workers} loader worker(s), width {args.width}")
     print(f"{'model':10} {'engine img/s':>13} {'bare img/s':>11} {'engine/bare':>12} {'(CPU time)':>11}")
+    bare_step_seconds = {}
     for item in args.models.split(","):
         name, size = item.split(":")
-        engine, bare = [], []
-        for round_number in range(args.rounds):
-            # Alternate which loop goes first, so a drift in the machine's load favours neither.
-            runs = [(engine, run_engine), (bare, run_bare)]
-            for results, run in runs[:: 1 if round_number % 2 == 0 else -1]:
-                results.append(run(name, int(size), args.width, data, args.batch, args.workers))
-        wall = [statistics.median(r[0] for r in runs) for runs in (engine, bare)]
-        cpu = [statistics.median(r[1] for r in runs) for runs in (engine, bare)]
-        print(f"{name + '@' + size:10} {wall[0]:13.1f} {wall[1]:11.1f} {wall[0] / wall[1]:12.3f} "
-              f"{cpu[0] / cpu[1]:11.3f}", flush=True)
+        engine, bare = alternate(
+            args.rounds,
+            lambda: run_engine(name, int(size), args.width, data, args.batch, args.workers),
+            lambda: run_bare(name, int(size), args.width, data, args.batch, args.workers))
+        (engine_wall, engine_cpu), (bare_wall, bare_cpu) = medians(engine), medians(bare)
+        bare_step_seconds[item] = args.batch / bare_wall
+        print(f"{name + '@' + size:10} {engine_wall:13.1f} {bare_wall:11.1f} {engine_wall / bare_wall:12.3f} "
+              f"{engine_cpu / bare_cpu:11.3f}", flush=True)
+
+    if args.null_steps:
+        null_data = TrainSamples(RandomFaces(args.batch * args.null_steps, NULL_SIZE))
+        engine, bare = alternate(
+            args.rounds,
+            lambda: run_engine(NULL_MODEL, NULL_SIZE, 1.0, null_data, args.batch, workers=0),
+            lambda: run_bare(NULL_MODEL, NULL_SIZE, 1.0, null_data, args.batch, workers=0))
+        step_ms = [[1000 * args.batch / wall for wall, _ in runs] for runs in (engine, bare)]
+        extra_ms = statistics.median(e - b for e, b in zip(*step_ms))
+        print(f"\nfixed host cost per step ({NULL_MODEL} task on {NULL_SIZE}x{NULL_SIZE} images, "
+              f"{args.null_steps} steps, {args.rounds} rounds): engine {statistics.median(step_ms[0]):.3f} ms, "
+              f"bare {statistics.median(step_ms[1]):.3f} ms, engine extra {extra_ms:.3f} ms "
+              f"(median of per-round differences; per round: "
+              + ", ".join(f"{e - b:+.3f}" for e, b in zip(*step_ms)) + ")")
+        print(f"{'model':10} {'bare step ms':>13} {'extra / step':>13}")
+        for item, seconds in bare_step_seconds.items():
+            name, size = item.split(":")
+            print(f"{name + '@' + size:10} {1000 * seconds:13.1f} {extra_ms / (1000 * seconds):13.5f}")
+
     amp_models = [item for item in args.amp_models.split(",") if item]  # "" skips the bf16 table
     if amp_models:
         print(f"\n{'model':10} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10} {'(CPU time)':>11}")
     for item in amp_models:
         name, size = item.split(":")
-        fp32, bf16 = [], []
-        for round_number in range(args.rounds):
-            runs = [(fp32, "off"), (bf16, "bf16")]
-            for results, amp in runs[:: 1 if round_number % 2 == 0 else -1]:
-                results.append(run_engine(name, int(size), args.width, data, args.batch, args.workers, amp=amp))
-        wall = [statistics.median(r[0] for r in runs) for runs in (fp32, bf16)]
-        cpu = [statistics.median(r[1] for r in runs) for runs in (fp32, bf16)]
-        print(f"{name + '@' + size:10} {wall[0]:11.1f} {wall[1]:11.1f} {wall[1] / wall[0]:10.3f} "
-              f"{cpu[1] / cpu[0]:11.3f}", flush=True)
+        fp32, bf16 = alternate(
+            args.rounds,
+            lambda: run_engine(name, int(size), args.width, data, args.batch, args.workers, amp="off"),
+            lambda: run_engine(name, int(size), args.width, data, args.batch, args.workers, amp="bf16"))
+        (fp32_wall, fp32_cpu), (bf16_wall, bf16_cpu) = medians(fp32), medians(bf16)
+        print(f"{name + '@' + size:10} {fp32_wall:11.1f} {bf16_wall:11.1f} {bf16_wall / fp32_wall:10.3f} "
+              f"{bf16_cpu / fp32_cpu:11.3f}", flush=True)
+
 
 if __name__ == "__main__":
     main()
