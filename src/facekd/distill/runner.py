@@ -95,7 +95,7 @@ def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples,
             fields |= set(cache.fields)
         cache = TeacherCache.build(
             root, distiller.teacher, samples, frozenset(fields), fingerprint,
-            batch_size=config.train.batch_size, num_workers=config.train.workers,
+            batch_size=config.train.images_per_batch, num_workers=config.train.workers,
             dtype=config.distill.cache_dtype, device=world.device, progress=config.train.progress)
     if is_distributed():
         torch.distributed.barrier()  # the other ranks wait for rank 0's build, then map the files

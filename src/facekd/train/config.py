@@ -72,7 +72,11 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 20
-    batch_size: int = 128  # per process
+    batch_size: int = 128  # random images per process and batch
+    # > 0 appends balanced_identities x balanced_images images of that many identities to every
+    # batch (pair and triplet losses need positives); batch_size may then be 0.
+    balanced_identities: int = 0
+    balanced_images: int = 4
     grad_accum: int = 1
     grad_clip: float = 5.0  # max gradient norm of the backbone; 0 disables
     amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | off | bf16 | fp16
@@ -86,6 +90,11 @@ class TrainConfig:
     resume: bool = False
     device: str = "auto"
     progress: bool = True
+
+    @property
+    def images_per_batch(self) -> int:
+        """Images per process and batch: the random part plus the identity-balanced part."""
+        return self.batch_size + self.balanced_identities * self.balanced_images
 
 
 @dataclass
@@ -106,7 +115,8 @@ CHOICES = {
     ("schedule", "kind"): ("poly", "multistep", "cosine"),
     ("train", "amp"): ("auto", "off", "bf16", "fp16"),
 }
-POSITIVE = {("train", "epochs"), ("train", "batch_size"), ("train", "grad_accum"),
+NON_NEGATIVE = {("train", "batch_size"), ("train", "balanced_identities")}
+POSITIVE = {("train", "epochs"), ("train", "grad_accum"),
             ("train", "log_interval"), ("model", "input_size"), ("data", "val_batch_size")}
 
 
@@ -219,10 +229,24 @@ def validate(config: Any, source: str = "config", check_paths: bool = True) -> N
                 raise ConfigError(f"{source}: {'.'.join(where)} is {value!r}, expected one of {', '.join(CHOICES[where])}")
             if where in POSITIVE and value <= 0:
                 raise ConfigError(f"{source}: {'.'.join(where)} is {value}, expected a positive integer")
+            if where in NON_NEGATIVE and value < 0:
+                raise ConfigError(f"{source}: {'.'.join(where)} is {value}, expected 0 or more")
             if check_paths and f.metadata.get("path"):
                 for entry in value if isinstance(value, list) else [value]:
                     if entry and not Path(entry).exists():
                         raise ConfigError(f"{source}: {'.'.join(where)}: {entry} does not exist")
+    train = getattr(config, "train", None)
+    if isinstance(train, TrainConfig):
+        validate_batch(train, source)
+
+
+def validate_batch(train: TrainConfig, source: str) -> None:
+    if train.balanced_identities > 0 and train.balanced_images < 2:
+        raise ConfigError(f"{source}: train.balanced_images is {train.balanced_images}, expected 2 or more "
+                          "(an identity-balanced part needs positive pairs)")
+    if train.images_per_batch == 0:
+        raise ConfigError(f"{source}: train.batch_size and train.balanced_identities are both 0, "
+                          "so a batch holds no images")
 
 
 def to_dict(config: Any) -> dict:

@@ -16,6 +16,7 @@ from torch.utils.data import Sampler
 
 from facekd.errors import ConfigError
 from facekd.runtime import pick_device
+from facekd.train.balanced import IdentityGroups
 
 
 @dataclass(frozen=True)
@@ -101,15 +102,25 @@ class GlobalBatchSampler(Sampler[list[int]]):
     `[r*batch_size, (r+1)*batch_size)` of it, so the samples of a step do not depend on the number
     of processes. Incomplete global batches are dropped. `start` skips batches already consumed
     (mid-epoch resume).
+
+    With `groups`, every batch also ends with an identity-balanced part: the global batch draws
+    `balanced_identities x world_size` identities of `balanced_images` images each, from a
+    generator seeded by (seed, epoch, k), and rank r takes identities
+    `[r*balanced_identities, (r+1)*balanced_identities)`.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, *, world: World, seed: int, batches: int) -> None:
+    def __init__(self, num_samples: int, batch_size: int, *, world: World, seed: int, batches: int,
+                 groups: IdentityGroups | None = None, balanced_identities: int = 0,
+                 balanced_images: int = 0) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.rank = world.rank
         self.world_size = world.size
         self.seed = seed
         self.batches = batches
+        self.groups = groups if balanced_identities > 0 else None
+        self.balanced_identities = balanced_identities
+        self.balanced_images = balanced_images
         self.epoch = 0
         self.start = 0
 
@@ -121,9 +132,15 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return self.batches - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator)
+        epoch_seed = self.seed * 1_000_003 + self.epoch
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(epoch_seed))
         global_batch = self.batch_size * self.world_size
         for k in range(self.start, self.batches):
             first = k * global_batch + self.rank * self.batch_size
-            yield order[first: first + self.batch_size].tolist()
+            indices = order[first: first + self.batch_size].tolist()
+            if self.groups is not None:
+                generator = torch.Generator().manual_seed((epoch_seed * 1_000_003 + k) % 2**63)
+                drawn = self.groups.draw(self.balanced_identities * self.world_size, self.balanced_images, generator)
+                share = self.balanced_identities * self.balanced_images
+                indices += drawn[self.rank * share: (self.rank + 1) * share]
+            yield indices

@@ -28,6 +28,7 @@ from facekd.errors import ConfigError, FacekdError
 from facekd.models.loading import save_backbone
 from facekd.train import checkpoint as ckpt
 from facekd.train import distributed as dist
+from facekd.train.balanced import IdentityGroups
 from facekd.train.config import ExperimentConfig, to_dict
 from facekd.train.runlog import RunLog
 from facekd.train.schedule import attach, make_schedule
@@ -126,12 +127,12 @@ class Trainer:
         self.out_dir = Path(config.train.out)
         train = config.train
         self.grad_accum = train.grad_accum
-        global_batch = train.batch_size * self.world.size
+        global_batch = train.images_per_batch * self.world.size
         self.batches_per_epoch = len(dataset) // global_batch // self.grad_accum * self.grad_accum
         self.steps_per_epoch = self.batches_per_epoch // self.grad_accum
         if self.steps_per_epoch == 0:
             raise ConfigError(
-                f"train.batch_size: {len(dataset)} samples make no full step of {train.batch_size} x "
+                f"train.batch_size: {len(dataset)} samples make no full step of {train.images_per_batch} x "
                 f"{self.world.size} processes x {self.grad_accum} accumulation"
             )
         self.optimizer = build_optimizer(self.task, config)
@@ -140,8 +141,16 @@ class Trainer:
         self.amp_dtype = resolve_amp(train.amp, self.device)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp_dtype == torch.float16, growth_interval=100)
+        groups = None
+        if train.balanced_identities > 0:
+            if getattr(dataset, "labels", None) is None:
+                raise ConfigError(f"train.balanced_identities: the training set ({type(dataset).__name__}) has no "
+                                  "`labels`, so identity-balanced batches cannot be drawn")
+            groups = IdentityGroups(dataset.labels)
+            groups.require(train.balanced_identities * self.world.size)
         self.sampler = dist.GlobalBatchSampler(
-            len(dataset), train.batch_size, world=self.world, seed=train.seed, batches=self.batches_per_epoch)
+            len(dataset), train.batch_size, world=self.world, seed=train.seed, batches=self.batches_per_epoch,
+            groups=groups, balanced_identities=train.balanced_identities, balanced_images=train.balanced_images)
         self.loader = DataLoader(
             dataset, batch_sampler=self.sampler, num_workers=train.workers,
             pin_memory=self.device.type == "cuda", persistent_workers=train.workers > 0,
@@ -180,7 +189,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "epoch_step": self.epoch_step,
-            "global_batch": self.config.train.batch_size * self.world.size * self.grad_accum,
+            "global_batch": self.config.train.images_per_batch * self.world.size * self.grad_accum,
             "rng": rng,
             "config": to_dict(self.config),
             "world_size": self.world.size,
@@ -194,7 +203,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.best_score = state["step"], state["epoch"], state.get("best")
-        global_batch = self.config.train.batch_size * self.world.size * self.grad_accum
+        global_batch = self.config.train.images_per_batch * self.world.size * self.grad_accum
         # A different global batch (e.g. another world size) resumes at the first unseen batch.
         consumed = state["epoch_step"] * state.get("global_batch", global_batch)
         self.epoch_step = min(consumed // global_batch, self.steps_per_epoch)
@@ -228,7 +237,7 @@ class Trainer:
         batches = iter(self.loader)
         bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}/{train.epochs}",
                    disable=not (train.progress and self.world.is_main), dynamic_ncols=True, leave=False)
-        images_per_step = train.batch_size * self.world.size * self.grad_accum
+        images_per_step = train.images_per_batch * self.world.size * self.grad_accum
         window_start, window_steps, window_terms = time.perf_counter(), 0, {}
         try:
             while self.epoch_step < self.steps_per_epoch:
