@@ -22,6 +22,7 @@ from facekd.distill.methods.kd import HintonKDLoss
 from facekd.distill.methods.rkd import RKDLoss
 from facekd.distill.methods.sp import SimilarityPreservingLoss
 from facekd.distill.methods.triplet import TripletDistillationLoss
+from facekd.errors import ConfigError
 from facekd.models import build_backbone
 
 
@@ -254,3 +255,19 @@ def test_a_few_steps_lower_the_loss(tmp_path, method):
     assert not setup.teacher.network.training
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, setup.teacher.network.parameters()))
     assert not any(k.startswith("teacher") for k in distiller.state_dict())
+
+
+def test_gkd_ramps_the_kd_weight_over_warmup_epochs(tmp_path):
+    setup, _ = tiny_setup(tmp_path, "gkd", {"warmup_epochs": 1.5})
+    setup.batches_per_epoch = 4
+    ramped = distiller_class("gkd").create(setup).distill_loss.train()
+    assert ramped.warmup_steps == 6  # 1.5 epochs x 4 forward passes
+    flat = GKDLoss(temperature=4.0).train()
+    g = torch.Generator().manual_seed(5)
+    zs, zt, y = torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g), torch.tensor([0, 1, 2, 3])
+    for step in (1, 2, 3):
+        assert ramped(zs, zt, y).item() == pytest.approx(step / 6 * flat(zs, zt, y).item(), rel=1e-5)
+
+    setup.batches_per_epoch = 0
+    with pytest.raises(ConfigError, match="warmup_epochs needs the epoch length"):
+        distiller_class("gkd").create(setup)

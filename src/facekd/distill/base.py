@@ -181,6 +181,7 @@ class DistillSetup:
     options: dict[str, Any]  # method-specific, parsed by the method's own Options dataclass
     out_dir: Path  # where a method writes artefacts (selected neurons, stage checkpoints, ...)
     extra_data: dict[str, Path] = dataclasses.field(default_factory=dict)  # e.g. {"attributes": celeba folder}
+    batches_per_epoch: int = 0  # training forward passes per epoch, for options counted in epochs (0: unknown)
 
 
 class Distiller(Task):

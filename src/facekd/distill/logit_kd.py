@@ -46,7 +46,7 @@ class LogitDistiller(Distiller):
         self.options = options
 
     @classmethod
-    def make_loss(cls, options: Any) -> nn.Module:
+    def make_loss(cls, options: Any, setup: DistillSetup) -> nn.Module:
         raise NotImplementedError(f"{cls.__qualname__} must implement make_loss")
 
     @classmethod
@@ -54,7 +54,7 @@ class LogitDistiller(Distiller):
         options = parse_options(cls.Options, setup.options, f"distill.options ({cls.name})")
         student = build_student(setup)
         head = build_margin_head(setup, embedding_size(student))
-        return cls(student, head, cls.make_loss(options), setup.teacher, options=options,
+        return cls(student, head, cls.make_loss(options, setup), setup.teacher, options=options,
                    input_size=setup.student.input_size)
 
     def forward_train(self, images: Tensor, labels: Tensor, teacher: TeacherOutputs) -> dict[str, Tensor]:

@@ -29,22 +29,23 @@ from facekd.train import checkpoint as ckpt
 from facekd.train.build import backbone_options, bin_evaluator, open_train_samples
 from facekd.train.config import to_dict
 from facekd.train.distributed import World, is_distributed
-from facekd.train.engine import Trainer, TrainResult
+from facekd.train.engine import Trainer, TrainResult, batches_per_epoch
 
 CACHE_MODES = ("auto", "on", "off")
 
 
-def build_setup(config: DistillExperimentConfig, num_classes: int, device: torch.device) -> DistillSetup:
+def build_setup(config: DistillExperimentConfig, samples, world: World) -> DistillSetup:
     head = config.head
     extra = {"attributes": Path(config.distill.attributes)} if config.distill.attributes else {}
     return DistillSetup(
-        teacher=load_teacher(config.teacher).to(device),
+        teacher=load_teacher(config.teacher).to(world.device),
         student=StudentSpec(config.model.backbone, backbone_options(config), config.model.input_size),
-        num_classes=num_classes,
+        num_classes=samples.num_classes,
         margin=(head.s, head.m1, head.m2, head.m3),
         options=dict(config.distill.options),
         out_dir=Path(config.train.out),
         extra_data=extra,
+        batches_per_epoch=batches_per_epoch(len(samples), config.train, world.size),
     )
 
 
@@ -119,7 +120,7 @@ def distill(config: DistillExperimentConfig, world: World) -> TrainResult:
         raise ConfigError("head.partial_fc: distillation methods build their own full classifier; set it to false")
     method = distiller_class(config.distill.method)
     samples = open_train_samples(config.data)
-    setup = build_setup(config, samples.num_classes, world.device)
+    setup = build_setup(config, samples, world)
     evaluator = bin_evaluator(config, world.device) if world.is_main else None
     if hasattr(method, "run_pipeline"):
         fitter = StageFitter(config, world, samples, evaluator)

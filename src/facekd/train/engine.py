@@ -29,7 +29,7 @@ from facekd.models.loading import save_backbone
 from facekd.train import checkpoint as ckpt
 from facekd.train import distributed as dist
 from facekd.train.balanced import IdentityGroups
-from facekd.train.config import ExperimentConfig, to_dict
+from facekd.train.config import ExperimentConfig, TrainConfig, to_dict
 from facekd.train.runlog import RunLog
 from facekd.train.schedule import attach, make_schedule
 from facekd.train.task import Task
@@ -83,6 +83,11 @@ def build_optimizer(task: nn.Module, config: ExperimentConfig) -> torch.optim.Op
     return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
+def batches_per_epoch(num_samples: int, train: TrainConfig, world_size: int) -> int:
+    """Training forward passes (micro-batches) per epoch: a whole number of optimizer steps."""
+    return num_samples // (train.images_per_batch * world_size) // train.grad_accum * train.grad_accum
+
+
 def flip_seed(seed: int, batch: int, rank: int) -> int:
     return (seed * 1_000_003 + batch) * 1009 + rank
 
@@ -127,8 +132,7 @@ class Trainer:
         self.out_dir = Path(config.train.out)
         train = config.train
         self.grad_accum = train.grad_accum
-        global_batch = train.images_per_batch * self.world.size
-        self.batches_per_epoch = len(dataset) // global_batch // self.grad_accum * self.grad_accum
+        self.batches_per_epoch = batches_per_epoch(len(dataset), train, self.world.size)
         self.steps_per_epoch = self.batches_per_epoch // self.grad_accum
         if self.steps_per_epoch == 0:
             raise ConfigError(

@@ -9,8 +9,8 @@ With p = softmax(z / T) and both networks' margin-applied logits z (the paper us
 - Primary-KD = KL(softmax(z_t/T - 1000 * 1_S) || softmax(z_s/T - 1000 * 1_S))
 - Secondary-KD, the same over S, has weight 0 in GKD (`secondary_weight`).
 Each KL is summed over classes, multiplied by T^2 and divided by the batch size.
-loss_kd = ramp * (alpha * Binary + beta * Primary + gamma * Secondary), ramp = min(step / warmup_steps, 1);
-the paper ramps over 10 epochs (set warmup_steps to 10 epochs' worth of steps).
+loss_kd = ramp * (alpha * Binary + beta * Primary + gamma * Secondary), ramp = min(step / warmup_steps, 1),
+with warmup_steps = warmup_epochs x the epoch's forward passes; the paper ramps over 10 epochs.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import register_distiller
+from facekd.distill.base import DistillSetup, register_distiller
 from facekd.distill.logit_kd import LogitDistiller, LogitOptions
+from facekd.errors import ConfigError
 
 K_STEP = 100  # the official search steps K by 100 classes
 
@@ -89,7 +90,7 @@ class GKDOptions(LogitOptions):
     binary_weight: float = 1.0
     primary_weight: float = 4.0
     secondary_weight: float = 0.0
-    warmup_steps: int = 0
+    warmup_epochs: float = 0.0  # linear ramp of the KD weight; the paper uses 10
 
 
 @register_distiller
@@ -98,6 +99,12 @@ class GKD(LogitDistiller):
     Options = GKDOptions
 
     @classmethod
-    def make_loss(cls, options: GKDOptions) -> nn.Module:
+    def make_loss(cls, options: GKDOptions, setup: DistillSetup) -> nn.Module:
+        if options.warmup_epochs < 0:
+            raise ConfigError(f"distill.options (gkd): warmup_epochs is {options.warmup_epochs}, expected 0 or more")
+        if options.warmup_epochs > 0 and setup.batches_per_epoch <= 0:
+            raise ConfigError("distill.options (gkd): warmup_epochs needs the epoch length, "
+                              "but the setup gives batches_per_epoch 0")
+        warmup_steps = max(1, round(options.warmup_epochs * setup.batches_per_epoch)) if options.warmup_epochs else 0
         return GKDLoss(options.temperature, options.tau, options.binary_weight, options.primary_weight,
-                       options.secondary_weight, options.warmup_steps)
+                       options.secondary_weight, warmup_steps)

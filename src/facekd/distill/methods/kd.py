@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import register_distiller
+from facekd.distill.base import DistillSetup, register_distiller
 from facekd.distill.logit_kd import LogitDistiller, LogitOptions
 
 
@@ -33,5 +33,5 @@ class HintonKD(LogitDistiller):
     Options = LogitOptions
 
     @classmethod
-    def make_loss(cls, options: LogitOptions) -> nn.Module:
+    def make_loss(cls, options: LogitOptions, setup: DistillSetup) -> nn.Module:
         return HintonKDLoss(options.temperature)
