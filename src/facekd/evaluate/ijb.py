@@ -84,18 +84,27 @@ def meta_paths(root: str | os.PathLike, target: str) -> dict[str, Path]:
     }
 
 
-def read_ijb_meta(root: str | os.PathLike, target: str = "IJBC") -> IJBMeta:
-    """Read and cross-check the meta files of an IJB release (see the module docstring)."""
+def read_ijb_meta(root: str | os.PathLike, target: str = "IJBC", *, with_pairs: bool = True) -> IJBMeta:
+    """Read and cross-check the meta files of an IJB release (see the module docstring).
+
+    `with_pairs=False` skips the 1:1 pair file (1:N needs only the images), leaving no pairs.
+    """
     if target not in ("IJBB", "IJBC"):
         raise DataError(f"IJB target: found {target!r}, expected IJBB or IJBC")
     paths = meta_paths(root, target)
+    if not with_pairs:
+        del paths["template_pair_label"]
     for path in paths.values():
         if not path.is_file():
             raise DataError(f"{path}: file not found, expected the {target} meta file of the insightface IJB layout")
 
     names = _load_columns(paths["face_tid_mid"], 3, [0], str)[:, 0]
     ids = _load_columns(paths["face_tid_mid"], 3, [1, 2], np.int64)
-    pairs = _load_columns(paths["template_pair_label"], 3, [0, 1, 2], np.int64)
+    pairs = (
+        _load_columns(paths["template_pair_label"], 3, [0, 1, 2], np.int64)
+        if with_pairs
+        else np.zeros((0, 3), dtype=np.int64)
+    )
     lmk_names = _load_columns(paths["name_5pts_score"], 12, [0], str)[:, 0]
     points = _load_columns(paths["name_5pts_score"], 12, list(range(1, 12)), np.float32)
 
@@ -300,6 +309,29 @@ def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float] = F
     return tar, area, fpr, tpr
 
 
+def meta_template_features(
+    flip_summed: np.ndarray,
+    meta: IJBMeta,
+    *,
+    use_norm_score: bool = True,
+    use_detector_score: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Template features (and sorted ids) of every template in `meta` from per-image embeddings.
+
+    The 1:1 and 1:N protocols share this step, so one embedding pass serves both.
+    """
+    flip_summed = np.asarray(flip_summed)
+    if flip_summed.ndim != 2 or len(flip_summed) != len(meta.templates):
+        raise DataError(
+            f"IJB embeddings: found shape {flip_summed.shape}, expected ({len(meta.templates)}, D): "
+            f"one row per image of {meta.target}"
+        )
+    features = image_features(
+        flip_summed, meta.faceness, use_norm_score=use_norm_score, use_detector_score=use_detector_score
+    )
+    return template_features(features, meta.templates, meta.medias)
+
+
 def evaluate_ijb(
     flip_summed: np.ndarray,
     meta: IJBMeta,
@@ -308,21 +340,14 @@ def evaluate_ijb(
     use_detector_score: bool = True,
 ) -> IJBResult:
     """IJB 1:1 from per-image embeddings (rows in `name_5pts_score` order)."""
-    flip_summed = np.asarray(flip_summed)
-    if flip_summed.ndim != 2 or len(flip_summed) != len(meta.templates):
-        raise DataError(
-            f"IJB embeddings: found shape {flip_summed.shape}, expected ({len(meta.templates)}, D): "
-            f"one row per image of {meta.target}"
-        )
     labels = meta.pair_labels
     if len(np.unique(labels)) != 2:
         raise DataError(
             f"{meta.target} template pairs: found labels {np.unique(labels).tolist()}, expected genuine (1) and impostor (0) pairs"
         )
-    features = image_features(
-        flip_summed, meta.faceness, use_norm_score=use_norm_score, use_detector_score=use_detector_score
+    feats, unique_templates = meta_template_features(
+        flip_summed, meta, use_norm_score=use_norm_score, use_detector_score=use_detector_score
     )
-    feats, unique_templates = template_features(features, meta.templates, meta.medias)
     scores = pair_scores(feats, unique_templates, meta.pair_templates)
     tar, area, fpr, tpr = tar_at_far(labels, scores)
     return IJBResult(

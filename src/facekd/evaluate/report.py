@@ -85,6 +85,11 @@ def identification_summary(result: IdentificationResult) -> dict:
     }
 
 
+def ijb_identification_summary(target: str, result: IdentificationResult) -> dict:
+    """The 1:N summary of an IJB target: its probe and gallery counts are templates."""
+    return {"target": target, **identification_summary(result)}
+
+
 def verification_curve(result: VerificationResult) -> Curve:
     return Curve(result.fpr, result.tpr)
 

@@ -1,10 +1,13 @@
 """What `facekd eval` runs: embed each target with one model (or take saved embeddings), score it
-with the matching evaluator, print the headline numbers and write the reports."""
+with the matching evaluator, print the headline numbers and write the reports.
+
+An IJB target is embedded once and scored under 1:1 verification, 1:N identification or both."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +16,19 @@ import torch
 
 from facekd.data import RecordIODataset, load_pairs_bin
 from facekd.errors import ConfigError, DataError
-from facekd.evaluate import identification, ijb, report, verification
+from facekd.evaluate import identification, ijb, ijb_1n, report, verification
 from facekd.evaluate.embed import embed_images, evaluate_bin
 from facekd.fileio import atomic_open
+
+IJB_PROTOCOLS = ("1v1", "1n")
+
+
+@dataclass
+class IJBResults:
+    """What one IJB target gave under each protocol that was run."""
+
+    verification: ijb.IJBResult | None = None
+    identification: identification.IdentificationResult | None = None
 
 
 class ImagesOf:
@@ -85,22 +98,35 @@ class Evaluation:
                      report.verification_curve(result), report.VERIFICATION_AXES)
         return result
 
-    def ijb(self, root: Path, target: str) -> ijb.IJBResult:
-        meta = ijb.read_ijb_meta(root, target)
+    def ijb(self, root: Path, target: str, protocols: Sequence[str] = ("1v1",)) -> IJBResults:
+        """IJB 1:1 verification and/or 1:N identification ("1v1", "1n") from one embedding pass."""
+        unknown = sorted(set(protocols) - set(IJB_PROTOCOLS))
+        if unknown or not protocols:
+            raise ConfigError(f"IJB protocols: found {list(protocols)}, expected some of {list(IJB_PROTOCOLS)}")
+        meta = ijb.read_ijb_meta(root, target, with_pairs="1v1" in protocols)
+        # Read the 1:N files before the (long) embedding pass, so a bad CSV fails at once.
+        protocol_1n = ijb_1n.read_ijb_1n_protocol(root, meta) if "1n" in protocols else None
         if self.model is not None:
             features = self._embed(ijb.AlignedIJBImages(meta), flip=self.flip_test)
         else:
             features = self._saved_embeddings()
-        result = ijb.evaluate_ijb(
-            features, meta, use_norm_score=self.norm_score, use_detector_score=self.detector_score
-        )
-        with atomic_open(self.out / f"{target.lower()}.npy", "wb") as handle:
-            np.save(handle, result.scores)
-        table = "  ".join(f"{far:.0e}: {100 * tar:.2f}" for far, tar in result.tar_at_far.items())
-        print(f"[{target}] TAR@FAR  {table}")
-        self._report(target.lower(), f"{target} 1:1 verification", report.ijb_summary(result),
-                     report.ijb_curve(result), report.IJB_AXES)
-        return result
+        switches = {"use_norm_score": self.norm_score, "use_detector_score": self.detector_score}
+        results = IJBResults()
+        if "1v1" in protocols:
+            results.verification = ijb.evaluate_ijb(features, meta, **switches)
+            with atomic_open(self.out / f"{target.lower()}.npy", "wb") as handle:
+                np.save(handle, results.verification.scores)
+            table = "  ".join(f"{far:.0e}: {100 * tar:.2f}" for far, tar in results.verification.tar_at_far.items())
+            print(f"[{target}] TAR@FAR  {table}")
+            self._report(target.lower(), f"{target} 1:1 verification", report.ijb_summary(results.verification),
+                         report.ijb_curve(results.verification), report.IJB_AXES)
+        if protocol_1n is not None:
+            results.identification = ijb_1n.evaluate_ijb_1n(features, meta, protocol_1n, **switches)
+            self._print_identification(f"{target} 1:N", results.identification)
+            self._report(f"{target.lower()}_1n", f"{target} 1:N identification",
+                         report.ijb_identification_summary(target, results.identification),
+                         report.identification_curve(results.identification), report.IDENTIFICATION_AXES)
+        return results
 
     def identification(self, folder: Path) -> identification.IdentificationResult:
         if self.model is None:
@@ -114,12 +140,16 @@ class Evaluation:
         if (folder / "distractors").exists():
             distractors = self._embed(ImagesOf(RecordIODataset(folder / "distractors")))
         result = identification.identify(probes, probe_set.labels, gallery, gallery_ids, distractor_feats=distractors)
-        ranks = "  ".join(f"rank-{k}: {100 * rate:.2f}" for k, rate in result.rank_rates.items())
-        tpir = "  ".join(f"TPIR@FPIR={f:g}: {100 * t:.2f}" for f, t in result.tpir_at_fpir.items())
-        print(f"[{folder.name}] {ranks}  {tpir}")
+        self._print_identification(folder.name, result)
         self._report("identification", "1:N identification", report.identification_summary(result),
                      report.identification_curve(result), report.IDENTIFICATION_AXES)
         return result
+
+    @staticmethod
+    def _print_identification(label: str, result: identification.IdentificationResult) -> None:
+        ranks = "  ".join(f"rank-{k}: {100 * rate:.2f}" for k, rate in result.rank_rates.items())
+        tpir = "  ".join(f"TPIR@FPIR={f:g}: {100 * t:.2f}" for f, t in result.tpir_at_fpir.items())
+        print(f"[{label}] {ranks}  {tpir}")
 
     def _embed(self, images, flip: bool = True) -> np.ndarray:
         return embed_images(
