@@ -6,6 +6,7 @@ its mirror (F1: raw(orig) + raw(flip)), kept un-normalised (N1), weighted by its
 (D1); per template, the images of one media (video frames) are averaged, the media features summed
 and the sum L2-normalised. A pair's score is the dot product of its two template features, and
 TAR@FAR is read off sklearn's ROC exactly as insightface does (flipud, then argmin |fpr - target|).
+The 1:N protocol (`ijb_1n.py`) reuses the same image and template features (`meta_template_features`).
 
 insightface's switches keep their arcface_torch meaning: `use_norm_score=True` keeps the feature
 norm as a quality weight (False L2-normalises each image feature first), `use_detector_score=True`
