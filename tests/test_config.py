@@ -50,6 +50,7 @@ train: {{epochs: 20}}
     ("schedule: {kind: step}", [], "schedule.kind is 'step', expected one of poly, multistep, cosine"),
     ("train: {batch_size: 0}", [], "train.batch_size and train.balanced_identities are both 0"),
     ("train: {batch_size: -1}", [], "train.batch_size is -1, expected 0 or more"),
+    ("optim: {lr: -0.1}", [], "optim.lr is -0.1, expected 0 or more"),
     ("train: {balanced_identities: 4, balanced_images: 1}", [], "train.balanced_images is 1, expected 2 or more"),
     ("data: {val_bins: [/nonexistent/lfw.bin]}", [], "data.val_bins: /nonexistent/lfw.bin does not exist"),
     ("train: {epochs: 2}", ["train.epochs"], "expected section.field=value"),

@@ -25,6 +25,7 @@ from facekd.distill.cache import TeacherCache, file_fingerprint
 from facekd.distill.config import DistillExperimentConfig
 from facekd.distill.loading import load_teacher
 from facekd.errors import ConfigError
+from facekd.models.loading import load_weights_into
 from facekd.train import checkpoint as ckpt
 from facekd.train.build import backbone_options, bin_evaluator, open_train_samples
 from facekd.train.config import to_dict
@@ -123,10 +124,15 @@ def distill(config: DistillExperimentConfig, world: World) -> TrainResult:
     setup = build_setup(config, samples, world)
     evaluator = bin_evaluator(config, world.device) if world.is_main else None
     if hasattr(method, "run_pipeline"):
+        if config.model.init:
+            raise ConfigError(f"model.init: method {method.name!r} initialises the student of each stage itself; "
+                              "leave model.init empty")
         fitter = StageFitter(config, world, samples, evaluator)
         method.run_pipeline(setup, fitter, samples)
         return fitter.last
     distiller = method.create(setup)
+    if config.model.init:  # after create: it replaces any initialisation the method made (resolution's KT)
+        load_weights_into(config.model.init, distiller.backbone)
     attach_cache(distiller, config, samples, world)
     return Trainer(distiller, samples, config, world=world, evaluator=evaluator).fit()
 

@@ -93,6 +93,20 @@ def load_backbone(path: str | os.PathLike, name: str | None = None, **kwargs: An
     return model.eval()
 
 
+def load_weights_into(path: str | os.PathLike, model: Backbone) -> None:
+    """Copy the backbone weights of `path` (facekd checkpoint or `backbone.pth`) into `model`, strictly.
+
+    The file must fit the model's own architecture and options; a mismatch names what differs.
+    """
+    content = _read(path)
+    if isinstance(content, Mapping) and "backbone_name" in content and "backbone" in content:
+        content = content["backbone"]
+    state_dict = _plain_state_dict(path, content)
+    name, kwargs = backbone_spec(model)
+    _check_fits(path, state_dict, name, kwargs)
+    model.load_state_dict(state_dict, strict=True)
+
+
 def _check_fits(path: str | os.PathLike, state_dict: Mapping[str, Tensor], name: str,
                 kwargs: dict[str, Any]) -> None:
     found = manifest_of(state_dict)

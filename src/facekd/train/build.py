@@ -13,6 +13,7 @@ from facekd.data.training import FaceDataset, TrainSamples
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
 from facekd.models.heads import CombinedMargin, MarginClassifier
+from facekd.models.loading import load_weights_into
 from facekd.models.partial_fc import PartialFC
 from facekd.train.config import DataConfig, ExperimentConfig
 from facekd.train.engine import Evaluator
@@ -70,6 +71,8 @@ def build_classification_task(config: ExperimentConfig, num_classes: int) -> Cla
         backbone = build_backbone(config.model.backbone, **options)
     except TypeError as exc:
         raise ConfigError(f"model.kwargs: {exc}") from None
+    if config.model.init:
+        load_weights_into(config.model.init, backbone)
     head = build_head(config, options.get("num_features", 512), num_classes)
     return ClassificationTask(backbone, head, config.model.input_size,
                               backbone_spec=(config.model.backbone, backbone.spec.kwargs))

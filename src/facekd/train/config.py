@@ -36,6 +36,9 @@ class ModelConfig:
     backbone: str = "r50"
     input_size: int = 112  # the task resizes larger images down to this
     kwargs: dict[str, Any] = field(default_factory=dict)  # forwarded to build_backbone
+    # Start the backbone from these weights (facekd checkpoint or insightface backbone.pth), e.g. to
+    # fine-tune; they must fit backbone + kwargs. A resumed run continues from its checkpoint instead.
+    init: str = field(default="", metadata=PATH)
 
 
 @dataclass
@@ -115,7 +118,7 @@ CHOICES = {
     ("schedule", "kind"): ("poly", "multistep", "cosine"),
     ("train", "amp"): ("auto", "off", "bf16", "fp16"),
 }
-NON_NEGATIVE = {("train", "batch_size"), ("train", "balanced_identities")}
+NON_NEGATIVE = {("train", "batch_size"), ("train", "balanced_identities"), ("optim", "lr")}
 POSITIVE = {("train", "epochs"), ("train", "grad_accum"),
             ("train", "log_interval"), ("model", "input_size"), ("data", "val_batch_size")}
 

@@ -41,7 +41,8 @@ class LRSchedule:
         return self.min_lr + (self.base_lr - self.min_lr) * decay
 
     def factor(self, step: int) -> float:
-        return self.lr(step) / self.base_lr
+        """lr(step) / base_lr, the multiplier LambdaLR applies; 0 for a run with base lr 0."""
+        return self.lr(step) / self.base_lr if self.base_lr else 0.0
 
 
 def make_schedule(config: ScheduleConfig, base_lr: float, steps_per_epoch: int, epochs: int) -> LRSchedule:
