@@ -13,13 +13,14 @@ from __future__ import annotations
 import heapq
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from facekd.evaluate import ijb, ijb_1n
 from facekd.evaluate.identification import identify
+
+from bench_ijb import timed  # benchmarks/ is the script's folder, so its siblings import
 
 IMAGES, GALLERY, PROBES, DIM = 469_375, 3_531, 19_593, 512
 
@@ -62,14 +63,6 @@ def insightface_evaluation(query_feats, gallery_feats, mask, fars=(0.01, 0.1)):
     pos = np.array(pos)
     neg = heapq.nlargest(max(required), similarity[np.where(similarity > -2.0)])
     return rates, {f: np.sum(pos > neg[k - 1]) / len(mask) for f, k in zip(fars, required)}
-
-
-def timed(label, fn, *args, **kwargs):
-    start = time.perf_counter()
-    value = fn(*args, **kwargs)
-    elapsed = time.perf_counter() - start
-    print(f"  {label:<44s} {elapsed:8.2f} s")
-    return value, elapsed
 
 
 def main() -> None:
