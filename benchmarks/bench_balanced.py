@@ -1,0 +1,78 @@
+"""Pair and triplet distillation with random batches against identity-balanced ones.
+
+EKD and triplet distillation learn from same-identity pairs, which random batches from many
+identities hardly contain. On the demo's data and teacher, each method trains the demo's small
+student twice per seed with the same images per step: once from random batches (the baseline,
+in the same run) and once with an identity-balanced part (`train.balanced_identities`).
+
+    python benchmarks/bench_balanced.py --out facekd-demo --seeds 0 1
+
+`--out` may be a folder where `facekd demo` already ran: its data and teacher are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from facekd.demo import (
+    demo_plan,
+    ensure_data,
+    evaluate_network,
+    run_stage,
+    student_checkpoint,
+    train_teacher,
+    training_section,
+)
+from facekd.distill.config import DistillExperimentConfig
+from facekd.runtime import pick_device
+from facekd.train.config import from_dict
+from facekd.train.distributed import World
+
+# Per method: the balanced batch (random images, identities, images per identity), the same
+# 128 images per step as the demo's random batches. Triplet's reference batches have no random part.
+BALANCED = {"ekd": (64, 16, 4), "triplet": (0, 32, 4)}
+
+
+def distill(method: str, batch: tuple[int, int, int] | None, plan, data: Path, teacher: Path, out: Path,
+            world: World, seed: int) -> Path:
+    folder = out / f"seed{seed}" / f"{method}_{'balanced' if batch else 'random'}"
+    student = next(run.network for run in plan.students if run.folder == "baseline")  # the demo's small student
+    raw = training_section(plan, data, student, plan.student_epochs, folder, seed)
+    if batch:
+        raw["train"]["batch_size"], raw["train"]["balanced_identities"], raw["train"]["balanced_images"] = batch
+    raw["teacher"] = {"path": str(teacher)}
+    raw["distill"] = {"method": method, "cache_dir": str(out / "teacher_cache"), "cache_dtype": "float32"}
+    run_stage(folder.name, from_dict(raw, DistillExperimentConfig, source=f"bench {folder.name}"), world)
+    return student_checkpoint(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_balanced"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    args = parser.parse_args()
+    plan = demo_plan(False)
+    device = pick_device("auto")
+    world = World(0, 1, device)
+    data = ensure_data(args.out, plan, workers=2)
+    teacher, _ = train_teacher(args.out, plan, data, world)
+    print(f"{'method':8} {'batches':9} {'accuracy (%)':>14} {'TAR@FAR=1e-2':>13} {'rank-1':>7}   per seed")
+    for method, balanced in BALANCED.items():
+        means = {}
+        for batch in (None, balanced):
+            scores = [evaluate_network(method, distill(method, batch, plan, data, teacher, args.out, world, seed),
+                                       data, device, 0.0) for seed in args.seeds]
+            accuracy = [100 * s.accuracy for s in scores]
+            tar = statistics.fmean(100 * s.tar[0.01] for s in scores)
+            rank1 = statistics.fmean(100 * s.rank1 for s in scores)
+            means[batch is None] = statistics.fmean(accuracy)
+            label = "random" if batch is None else "{}+{}x{}".format(*batch)
+            print(f"{method:8} {label:9} {means[batch is None]:14.2f} {tar:13.2f} {rank1:7.2f}   "
+                  + ", ".join(f"{a:.2f}" for a in accuracy), flush=True)
+        print(f"{method:8} balanced - random accuracy: {means[False] - means[True]:+.2f} points")
+
+
+if __name__ == "__main__":
+    main()
