@@ -104,3 +104,25 @@ def test_unknown_method_is_one_line(tiny_data, tmp_path, capsys):
     assert main(distill_args(tiny_data, "nosuch", tmp_path / "x")) == 2
     err = capsys.readouterr().err
     assert "nosuch" in err and "margin" in err
+
+
+def test_a_finished_run_is_recognised_across_added_config_fields(tmp_path):
+    from facekd.distill.runner import is_finished
+    from facekd.train import checkpoint as ckpt
+    from facekd.train.engine import Trainer
+    from train_helpers import TinyTask, samples, tiny_config
+
+    config = tiny_config(tmp_path, epochs=1)
+    Trainer(TinyTask(), samples(32), config).fit()
+    assert is_finished(tmp_path, config)
+    state = ckpt.load(tmp_path / "checkpoint.pt")
+    # As written by a facekd from before train.balanced_identities existed:
+    del state["config"]["train"]["balanced_identities"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert is_finished(tmp_path, config)
+    config.train.balanced_identities = 2  # a real difference is still one
+    assert not is_finished(tmp_path, config)
+    state["config"]["train"]["from_the_future"] = 1
+    torch.save(state, tmp_path / "checkpoint.pt")
+    config.train.balanced_identities = 0
+    assert not is_finished(tmp_path, config)

@@ -28,7 +28,7 @@ from facekd.errors import ConfigError
 from facekd.models.loading import load_weights_into
 from facekd.train import checkpoint as ckpt
 from facekd.train.build import backbone_options, bin_evaluator, open_train_samples
-from facekd.train.config import to_dict
+from facekd.train.config import from_dict
 from facekd.train.distributed import World, is_distributed
 from facekd.train.engine import Trainer, TrainResult, batches_per_epoch
 
@@ -107,12 +107,20 @@ def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples,
 
 
 def is_finished(out: Path, config: Any) -> bool:
-    """True when `out` holds the checkpoint of a finished run of exactly this config."""
+    """True when `out` holds the checkpoint of a finished run of exactly this config.
+
+    The stored config is read back into the current schema, so fields added since it was written
+    compare at their defaults.
+    """
     path = out / "checkpoint.pt"
     if not path.is_file():
         return False
     state = ckpt.load(path)
-    return state.get("config") == to_dict(config) and state.get("epoch") == config.train.epochs
+    try:
+        stored = from_dict(state.get("config") or {}, type(config), source=str(path))
+    except ConfigError:  # written with fields this facekd does not know: not this config
+        return False
+    return stored == config and state.get("epoch") == config.train.epochs
 
 
 def distill(config: DistillExperimentConfig, world: World) -> TrainResult:
