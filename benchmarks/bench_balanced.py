@@ -60,18 +60,18 @@ def main() -> None:
     teacher, _ = train_teacher(args.out, plan, data, world)
     print(f"{'method':8} {'batches':9} {'accuracy (%)':>14} {'TAR@FAR=1e-2':>13} {'rank-1':>7}   per seed")
     for method, balanced in BALANCED.items():
-        means = {}
+        means = []  # random, then balanced
         for batch in (None, balanced):
             scores = [evaluate_network(method, distill(method, batch, plan, data, teacher, args.out, world, seed),
                                        data, device, 0.0) for seed in args.seeds]
             accuracy = [100 * s.accuracy for s in scores]
             tar = statistics.fmean(100 * s.tar[0.01] for s in scores)
             rank1 = statistics.fmean(100 * s.rank1 for s in scores)
-            means[batch is None] = statistics.fmean(accuracy)
+            means.append(statistics.fmean(accuracy))
             label = "random" if batch is None else "{}+{}x{}".format(*batch)
-            print(f"{method:8} {label:9} {means[batch is None]:14.2f} {tar:13.2f} {rank1:7.2f}   "
+            print(f"{method:8} {label:9} {means[-1]:14.2f} {tar:13.2f} {rank1:7.2f}   "
                   + ", ".join(f"{a:.2f}" for a in accuracy), flush=True)
-        print(f"{method:8} balanced - random accuracy: {means[False] - means[True]:+.2f} points")
+        print(f"{method:8} balanced - random accuracy: {means[1] - means[0]:+.2f} points")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ def _load_failure(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _is_facekd_checkpoint(content: Any) -> bool:
+    return isinstance(content, Mapping) and "backbone_name" in content and "backbone" in content
+
+
 def _plain_state_dict(path: str | os.PathLike, content: Any) -> dict[str, Tensor]:
     """Unwrap `{"state_dict": ...}` and strip a DDP `module.` prefix."""
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
@@ -68,7 +72,7 @@ def load_backbone(path: str | os.PathLike, name: str | None = None, **kwargs: An
     options (e.g. `fp16=False`).
     """
     content = _read(path)
-    if isinstance(content, Mapping) and "backbone_name" in content and "backbone" in content:
+    if _is_facekd_checkpoint(content):
         stored = str(content["backbone_name"])
         if name is not None and name != stored:
             raise CheckpointError(f"{path}: holds a {stored} backbone, but {name} was requested")
@@ -99,7 +103,7 @@ def load_weights_into(path: str | os.PathLike, model: Backbone) -> None:
     The file must fit the model's own architecture and options; a mismatch names what differs.
     """
     content = _read(path)
-    if isinstance(content, Mapping) and "backbone_name" in content and "backbone" in content:
+    if _is_facekd_checkpoint(content):
         content = content["backbone"]
     state_dict = _plain_state_dict(path, content)
     name, kwargs = backbone_spec(model)

@@ -17,13 +17,13 @@ from facekd.errors import ConfigError
 class IdentityGroups:
     """Sample indices grouped by label, keeping identities with at least two images."""
 
-    def __init__(self, labels, *, what: str = "the training set") -> None:
+    def __init__(self, labels) -> None:
         labels = np.asarray(labels).astype(np.int64, copy=False)
         order = np.argsort(labels, kind="stable")
         _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
         eligible = counts >= 2
         if not eligible.any():
-            raise ConfigError(f"train.balanced_identities: {what} has no identity with 2 or more images, "
+            raise ConfigError("train.balanced_identities: the training set has no identity with 2 or more images, "
                               "so identity-balanced batches can hold no positive pair")
         self.order = torch.from_numpy(order)
         self.starts = torch.from_numpy(starts[eligible])

@@ -118,7 +118,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.world_size = world.size
         self.seed = seed
         self.batches = batches
-        self.groups = groups if balanced_identities > 0 else None
+        self.groups = groups
         self.balanced_identities = balanced_identities
         self.balanced_images = balanced_images
         self.epoch = 0
