@@ -58,11 +58,43 @@ def test_unary_and_pairwise_terms_by_hand():
     unary = unary_term(x, identity=[0, 1], unrelated=[2, 3])
     # neuron 0: NA max-mean = 0.6-0.6 = 0; IA 0.9-0.7 = 0.2 -> 0.  neuron 1: NA 0.9-0.7 = 0.2; IA 0.7-0.65 = 0.05 -> 4.
     assert unary == pytest.approx([0.0, 4.0])
-    psi = pairwise_term(x)
-    distance = 0.2**2 + 0.1**2 + 0.3**2 + 0.1**2
-    assert psi == pytest.approx(np.array([[0.0, math.exp(-0.5 * distance)], [math.exp(-0.5 * distance), 0.0]]))
     flat = unary_term(np.array([[0.6, 0.6, 0.9, 0.5]]), identity=[0, 1], unrelated=[2, 3])
     assert flat[0] > 1e5  # no identity selectivity: never preferred, no division by zero
+
+
+def test_pairwise_kernel_uses_the_median_distance_as_bandwidth():
+    # 3 neurons x 2 attributes: squared distances 0.01 (0-1), 0.04 (0-2), 0.01 + 0.04 = 0.05 (1-2).
+    x = np.array([[0.5, 0.5], [0.6, 0.5], [0.5, 0.7]])
+    psi, bandwidth = pairwise_term(x)
+    assert bandwidth == pytest.approx(0.2)  # the median of 0.1, 0.2, sqrt(0.05)
+    h2 = 2 * 0.2**2
+    expected = np.array([[0.0, math.exp(-0.01 / h2), math.exp(-0.04 / h2)],
+                         [math.exp(-0.01 / h2), 0.0, math.exp(-0.05 / h2)],
+                         [math.exp(-0.04 / h2), math.exp(-0.05 / h2), 0.0]])
+    assert psi == pytest.approx(expected)
+    same, zero = pairwise_term(np.full((3, 4), 0.7))
+    assert zero == 0.0 and same == pytest.approx(1.0 - np.eye(3))  # identical profiles: all redundant
+
+
+def test_redundancy_term_drops_duplicated_neurons_at_positive_lambda():
+    # A realistic table: balanced accuracies in [0.5, 0.65], where the unscaled kernel exp(-d^2/2)
+    # is above 0.88 for every pair. The best neuron is duplicated 4 times.
+    rng = np.random.default_rng(0)
+    x = 0.5 + 0.15 * rng.random((40, 40))
+    identity, unrelated = list(range(20)), list(range(20, 40))
+    order = np.argsort(unary_term(x, identity, unrelated))
+    group = [int(order[0]), *map(int, order[5:9])]
+    x[group] = x[order[0]]
+    unary = unary_term(x, identity, unrelated)
+    psi, _ = pairwise_term(x)
+
+    def chosen(lam):
+        result = mean_field(unary, psi, lam=lam, phi0=1.0, damping=0.5, iterations=5000, tolerance=1e-12)
+        assert result.converged
+        return set(choose_neurons(result.q, 5).tolist())
+
+    assert chosen(0.0) == set(group)  # without the pairwise term: the 5 copies of the best profile
+    assert len(chosen(1.0) & set(group)) <= 1  # with it: the copies give way to distinct profiles
 
 
 def test_mean_field_on_a_three_neuron_problem():
