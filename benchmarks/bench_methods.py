@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 from pathlib import Path
 
 from facekd.demo import Network, StudentRun, demo_plan, ensure_data, evaluate_network, train_student, train_teacher
+from facekd.evaluate.paired import mean_and_std, paired_difference
 from facekd.fileio import atomic_write_text
 from facekd.runtime import pick_device
 from facekd.train.distributed import World
@@ -29,8 +29,16 @@ def resolution_sweep(teacher: Network, sizes: list[int]) -> list[StudentRun]:
 
 
 def mean_std(values: list[float]) -> str:
-    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.2f} ± {100 * spread:.2f}"
+    mean, spread = mean_and_std(values)
+    return f"{100 * mean:.2f} ± {100 * spread:.2f}"
+
+
+def versus_baseline(values: list[float], baseline: list[float]) -> str:
+    """Seed-paired difference in points with its 95 % t interval; '*' where it excludes zero."""
+    diff = paired_difference(values, baseline)
+    if diff.pairs < 2:
+        return f"{100 * diff.mean:+.2f}"
+    return f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]{' *' if diff.resolved else ''}"
 
 
 def main() -> None:
@@ -59,15 +67,15 @@ def main() -> None:
 
     lines = [f"Seeds {args.seeds}; teacher {plan.teacher.backbone} {plan.teacher.kwargs} at "
              f"{plan.teacher.input_size} px; {plan.student_epochs} student epochs.", "",
-             "| model | accuracy (%) | rank-1 (%) | MFLOPs | FLOPs vs teacher | accuracy - baseline (pts) |",
+             "| model | accuracy (%) | rank-1 (%) | MFLOPs | FLOPs vs teacher | accuracy - baseline, paired (pts, 95 % CI) |",
              "|---|---|---|---|---|---|"]
     teacher_flops = rows["teacher"][0].flops
-    base_mean = statistics.fmean(s.accuracy for s in rows["baseline"])
+    baseline = [s.accuracy for s in rows["baseline"]]
     for name, scores in rows.items():
         accuracy = [s.accuracy for s in scores]
+        paired = versus_baseline(accuracy, baseline) if len(accuracy) == len(baseline) else "-"
         lines.append(f"| {name} | {mean_std(accuracy)} | {mean_std([s.rank1 for s in scores])} | "
-                     f"{scores[0].flops / 1e6:.1f} | {scores[0].flops / teacher_flops:.3f} | "
-                     f"{100 * (statistics.fmean(accuracy) - base_mean):+.2f} |")
+                     f"{scores[0].flops / 1e6:.1f} | {scores[0].flops / teacher_flops:.3f} | {paired} |")
     table = "\n".join(lines) + "\n"
     atomic_write_text(args.out / "summary.md", table)
     atomic_write_text(args.out / "summary.json", json.dumps(
