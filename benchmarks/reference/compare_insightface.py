@@ -92,18 +92,19 @@ def antipodal_impostors(rng, n_pairs, dim, close_impostor_pairs):
 
 
 def exact_target_plateau(rng, final_plateau):
-    """2200 pairs in 10 folds of 220; fold 0 holds 100 impostors, so its training part holds
-    exactly 1000 and one accepted impostor is a FAR of exactly 1/1000 = 1e-3, the target.
+    """2200 pairs in 10 folds of 220; fold 0 holds 100 impostors and the other folds 1000, so fold
+    0's training FAR moves in steps of exactly 1/1000 = 1e-3, the target. One impostor outside
+    fold 0 lies well below the others; genuine distances spread across the plateau it makes.
     With `final_plateau`, every other impostor is antipodal, so 1e-3 is also the largest FAR."""
     n_pairs, dim = 2200, 64
     issame = np.zeros(n_pairs, dtype=bool)
-    issame[:120] = True  # fold 0: 120 genuine, 100 impostors
-    issame[220:] = np.arange(n_pairs - 220) % 2 == 0
+    issame[:120] = True
+    issame[220:] = rng.permutation(np.arange(n_pairs - 220) < 980)
     impostors = np.flatnonzero(~issame)
     anchors = rng.normal(size=(n_pairs, dim))
-    partners = anchors + 0.3 * rng.normal(size=anchors.shape)
+    partners = anchors + rng.uniform(0.3, 1.5, (n_pairs, 1)) * rng.normal(size=anchors.shape)
     partners[impostors] = -anchors[impostors] if final_plateau else rng.normal(size=(len(impostors), dim))
-    closest = impostors[impostors >= 220][:1]  # one impostor outside fold 0, well below the others
+    closest = impostors[impostors >= 220][:1]
     partners[closest] = anchors[closest] + 0.9 * rng.normal(size=(1, dim))
     return pairs_from(anchors, partners), issame
 
@@ -186,23 +187,24 @@ def ijb_11_cases(rng):
 
 
 def ijb_1n_cases(rng):
+    """(subjects, probes, dim, pool): with a pool, features are integer vectors drawn from a pool of
+    that many per dimension, so scores tie; without, probes are their mate's feature plus noise."""
     cases = []
-    for k, (subjects, probes, dim, distinct) in enumerate(
-        [(12, 40, 8, 3), (16, 200, 8, 4), (60, 300, 16, 5), (200, 500, 32, 6), (300, 1000, 8, 2), (40, 100, 64, 0)]
-    ):
-        if distinct:  # integer vectors from a small pool: many gallery and probe rows coincide
-            pool = rng.integers(0, distinct, (distinct * 4, dim)).astype(np.float64) + np.eye(distinct * 4, dim)
-            gallery = pool[rng.integers(0, len(pool), subjects)]
-            probe_rows = pool[rng.integers(0, len(pool), probes)]
-        else:
-            gallery = rng.normal(size=(subjects, dim))
-            probe_rows = rng.normal(size=(probes, dim))
+    sizes = [(12, 40, 8, 3), (16, 200, 8, 4), (60, 300, 16, 5), (200, 500, 32, 6), (300, 1000, 8, 2),
+             (40, 100, 64, 0), (500, 2000, 64, 0), (1000, 1000, 128, 0)]
+    for k, (subjects, probes, dim, distinct) in enumerate(sizes):
         gallery_ids = rng.permutation(subjects) * 7 + 3
         mates = rng.integers(0, subjects, probes)
         probe_ids = gallery_ids[mates]
-        if distinct:  # a third of the probes are exact copies of their mate
-            copies = rng.random(probes) < 0.33
+        if distinct:
+            pool = rng.integers(0, distinct, (distinct * 4, dim)).astype(np.float64) + np.eye(distinct * 4, dim)
+            gallery = pool[rng.integers(0, len(pool), subjects)]
+            probe_rows = pool[rng.integers(0, len(pool), probes)]
+            copies = rng.random(probes) < 0.33  # a third of the probes are exact copies of their mate
             probe_rows[copies] = gallery[mates[copies]]
+        else:
+            gallery = rng.normal(size=(subjects, dim))
+            probe_rows = gallery[mates] + rng.uniform(0.5, 2.0) * rng.normal(size=(probes, dim))
         cases.append((f"ijb1n_{k}_{subjects}x{probes}", "ijb_1n", {},
                       {"probe_feats": probe_rows, "probe_ids": probe_ids, "gallery_feats": gallery, "gallery_ids": gallery_ids}))
     return cases

@@ -194,8 +194,9 @@ def ijb_1n_evaluation(query_feats, query_ids, gallery_feats, gallery_ids):
     top_inds = np.argsort(-similarity)
     top1 = sum(1 for i in range(query_num) if top_inds[i, 0] == mask[i]) / query_num
     rows = np.arange(query_num)
-    # a tie with the mate's score makes the rank argsort's (unstable) choice: mark those probes
-    tied = np.sum(similarity == similarity[rows, mask][:, None], 1) > 1
+    # A tie with the mate's score makes the rank argsort's (unstable) choice: mark those probes.
+    # "Tie" up to 1e-12: the BLAS builds of the two environments round the products differently.
+    tied = np.sum(np.abs(similarity - similarity[rows, mask][:, None]) <= 1e-12, 1) > 1
     hits = np.array([[mask[i] in top_inds[i, 0:k] for i in rows] for k in (1, 5, 10)])
     required_topk = [math.ceil(query_num * x) for x in IJB_1N_FARS]
     top_sims = similarity
