@@ -165,6 +165,11 @@ def test_far_threshold_follows_scipy_1_9_slinear_on_repeated_fars(far_train, tar
     assert got == pytest.approx(hand, abs=1e-12)
 
 
+def test_far_target_below_the_curve_is_rejected():
+    with pytest.raises(DataError, match="far_target: found 0.1"):
+        verification.far_threshold(np.array([0.5, 0.5, 1.0]), THRESHOLDS[:3], 0.1)
+
+
 def test_val_across_a_far_plateau_by_hand():
     """Two folds of three genuine pairs (distance 0.8) and one impostor (orthogonal: distance 2.0).
     Each training FAR is 0 up to the threshold 2.0 and 1 from 2.001, so the threshold is
