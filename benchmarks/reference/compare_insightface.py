@@ -23,6 +23,8 @@ import venv
 from pathlib import Path
 
 import numpy as np
+import scipy
+import sklearn
 import torch
 
 from facekd.evaluate import identification, ijb, verification
@@ -308,7 +310,8 @@ def main() -> int:
         subprocess.run([python, HERE / "insightface_reference.py", root], check=True)
         environment = json.loads((root / "environment.json").read_text())
         print("reference environment:", ", ".join(f"{k} {v}" for k, v in environment.items()))
-        print(f"facekd environment: numpy {np.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
+        print(f"facekd environment: numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}, "
+              f"torch {torch.__version__}, python {sys.version.split()[0]}")
         worst: dict[tuple[str, str], float] = {}
         counts: dict[str, int] = {}
         for name, kind, params, inputs in cases:
