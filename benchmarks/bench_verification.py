@@ -2,6 +2,10 @@
 
 Run: python benchmarks/bench_verification.py
 Both run in this process on the same embeddings; the printed ratio is loop time / facekd time.
+The loop inverts each fold's FAR curve with `verification.far_threshold` (one call per fold): the
+interp1d that insightface calls refuses repeated FARs under current scipy, and what it did under
+scipy 1.9 is checked in benchmarks/reference/compare_insightface.py. What is timed here is the
+per-threshold sweep, which is the cost.
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from scipy import interpolate
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
@@ -33,7 +36,7 @@ def loop_val_far(threshold, dist, same):
 
 
 def loop_evaluate(embeddings, same, nfolds=10):
-    """insightface's calculate_roc + calculate_val, loop for loop (duplicate FARs collapsed for scipy)."""
+    """insightface's calculate_roc + calculate_val, loop for loop."""
     unit = normalize(embeddings)
     dist = np.sum(np.square(unit[0::2] - unit[1::2]), 1)
     folds = list(KFold(n_splits=nfolds, shuffle=False).split(np.arange(len(dist))))
@@ -48,8 +51,7 @@ def loop_evaluate(embeddings, same, nfolds=10):
     val = np.zeros(nfolds)
     for k, (train, test) in enumerate(folds):
         far_train = np.array([loop_val_far(t, dist[train], same[train])[1] for t in thresholds])
-        unique_far, first = np.unique(far_train, return_index=True)
-        threshold = interpolate.interp1d(unique_far, thresholds[first], kind="slinear")(1e-3) if far_train.max() >= 1e-3 else 0.0
+        threshold = verification.far_threshold(far_train, thresholds, 1e-3)
         val[k] = loop_val_far(threshold, dist[test], same[test])[0]
     return np.mean(accuracy), np.mean(val)
 

@@ -31,15 +31,39 @@ def expected(target_fn, s: float) -> list[list[float]]:
 
 def test_arcface_matches_hand_computation():
     m = 0.5
-    threshold = math.cos(math.pi - m)  # -0.8776: below it arcface_torch uses c - m*sin(pi - m)
-
-    def target(c: float) -> float:
-        return math.cos(math.acos(c) + m) if c > threshold else c - math.sin(math.pi - m) * m
-
     logits, _ = run(CombinedMargin(s=64.0, m1=1.0, m2=m, m3=0.0))
-    torch.testing.assert_close(logits, torch.tensor(expected(target, 64.0), dtype=torch.float64))
-    # the -0.95 target is below the threshold, so the fallback branch was exercised
-    assert logits[1, 0].item() == pytest.approx(64 * (-0.95 - math.sin(math.pi - m) * m))
+    hand = expected(lambda c: math.cos(math.acos(c) + m), 64.0)
+    torch.testing.assert_close(logits, torch.tensor(hand, dtype=torch.float64))
+
+
+def test_arcface_past_pi_has_no_guard():
+    # arcface_torch shifts every target angle: acos(-0.95) + 0.5 = 3.3240 > pi
+    logits, _ = run(CombinedMargin(s=64.0, m2=0.5))
+    assert logits[1, 0].item() == pytest.approx(64 * math.cos(math.acos(-0.95) + 0.5), abs=1e-12)
+    guarded = 64 * (-0.95 - 0.5 * math.sin(math.pi - 0.5))  # -76.14, 13 logits lower
+    assert abs(logits[1, 0].item() - guarded) > 10
+
+
+def test_guard_past_pi_is_insightfaces_older_head():
+    m = 0.5
+    logits, _ = run(CombinedMargin(s=64.0, m2=m, guard_past_pi=True))
+    # c = -0.95 <= cos(pi - m) = -0.8776: c - m*sin(pi - m); the others keep cos(theta + m)
+    assert logits[1, 0].item() == pytest.approx(64 * (-0.95 - m * math.sin(math.pi - m)), abs=1e-12)
+    assert logits[0, 0].item() == pytest.approx(64 * math.cos(math.acos(0.8) + m), abs=1e-12)
+
+
+def test_easy_margin_and_guard_are_exclusive():
+    with pytest.raises(ConfigError, match="easy_margin and guard_past_pi"):
+        CombinedMargin(easy_margin=True, guard_past_pi=True)
+
+
+def test_models_package_exports_the_heads():
+    from facekd import models
+    from facekd.models import heads, partial_fc
+
+    assert models.CombinedMargin is heads.CombinedMargin
+    assert models.MarginClassifier is heads.MarginClassifier
+    assert models.PartialFC is partial_fc.PartialFC
 
 
 def test_arcface_gradient_flows_through_the_margin():

@@ -1,10 +1,10 @@
-"""facekd.evaluate.verification against a plain re-implementation of insightface's loops."""
+"""facekd.evaluate.verification against hand computations and a plain re-implementation of
+insightface's loops (benchmarks/reference/ runs insightface's own rules under scipy 1.9)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import interpolate
 
 from facekd.errors import DataError
 from facekd.evaluate import verification
@@ -29,6 +29,18 @@ def ref_val_far(threshold, dist, same):
     ta = np.sum(np.logical_and(predict, same))
     fa = np.sum(np.logical_and(predict, np.logical_not(same)))
     return float(ta) / float(np.sum(same)), float(fa) / float(np.sum(np.logical_not(same)))
+
+
+def ref_slinear_with_repeats(xs, ys, x):
+    """scipy 1.9 `interp1d(xs, ys, kind='slinear')(x)` on non-decreasing xs with repeats: a degree-1
+    B-spline on knots xs, so x falls in [xs[j], xs[j+1]] with the largest j having xs[j] <= x (the
+    final interval when x is the last value); an empty interval evaluates to 0."""
+    j = 0
+    while j + 2 < len(xs) and xs[j + 1] <= x:
+        j += 1
+    if xs[j + 1] == xs[j]:
+        return 0.0
+    return ys[j] + (ys[j + 1] - ys[j]) * (x - xs[j]) / (xs[j + 1] - xs[j])
 
 
 def ref_folds(n, nfolds):
@@ -70,15 +82,7 @@ def ref_evaluate(embeddings, issame, nfolds=10):
         far_train = np.zeros(len(thresholds))
         for i, t in enumerate(thresholds):
             _, far_train[i] = ref_val_far(t, dist[train], same[train])
-        if np.max(far_train) >= 1e-3:
-            xs, ys = [], []
-            for f, t in zip(far_train, thresholds):
-                if not xs or f != xs[-1]:  # first threshold of each FAR plateau
-                    xs.append(f)
-                    ys.append(t)
-            threshold = interpolate.interp1d(xs, ys, kind="slinear")(1e-3)
-        else:
-            threshold = 0.0
+        threshold = ref_slinear_with_repeats(far_train, thresholds, 1e-3) if np.max(far_train) >= 1e-3 else 0.0
         val[k], far[k] = ref_val_far(threshold, dist[test], same[test])
     return dict(
         accuracy=np.mean(accuracy), std=np.std(accuracy), fold_accuracies=accuracy, thresholds=best,
@@ -136,12 +140,48 @@ def test_separated_set_is_perfect_and_random_is_chance():
     assert 0.4 < verification.evaluate(*random_set(rng)).accuracy < 0.6
 
 
-def test_far_threshold_interpolates_between_first_thresholds_of_plateaus():
-    thresholds = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
-    far_train = np.array([0.0, 0.0, 0.002, 0.002, 0.004])
-    # points (0, 0.0) and (0.002, 0.2): FAR 1e-3 lies halfway, at 0.1
-    assert verification.far_threshold(far_train, thresholds, 1e-3) == pytest.approx(0.1, abs=1e-15)
-    assert verification.far_threshold(np.zeros(5), thresholds, 1e-3) == 0.0
+THRESHOLDS = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+
+
+@pytest.mark.parametrize(
+    "far_train, target, hand",
+    [
+        # across the FAR-0 plateau: from its last threshold 0.1 to 0.2, halfway (first-threshold rule: 0.1)
+        ([0.0, 0.0, 0.002, 0.002, 0.004], 1e-3, 0.15),
+        # exactly on a plateau value: that plateau's last threshold (first-threshold rule: 0.2)
+        ([0.0, 0.0, 0.002, 0.002, 0.004], 0.002, 0.3),
+        # a single impostor: FAR jumps 0 -> 1 between 0.2 and 0.3 (first-threshold rule: 0.0003)
+        ([0.0, 0.0, 0.0, 1.0, 1.0], 1e-3, 0.2 + 0.1 * 1e-3),
+        # the target is the largest FAR and the curve ends on its plateau: an empty interval, 0
+        ([0.0, 0.0, 0.0, 0.001, 0.001], 1e-3, 0.0),
+        # the target is the largest FAR, reached only at the last threshold
+        ([0.0, 0.0, 0.002, 0.004, 0.006], 0.006, 0.4),
+        # never reached: 0
+        ([0.0, 0.0, 0.0, 0.0, 0.0], 1e-3, 0.0),
+    ],
+)
+def test_far_threshold_follows_scipy_1_9_slinear_on_repeated_fars(far_train, target, hand):
+    got = verification.far_threshold(np.array(far_train), THRESHOLDS, target)
+    assert got == pytest.approx(hand, abs=1e-12)
+
+
+def test_far_target_below_the_curve_is_rejected():
+    with pytest.raises(DataError, match="far_target: found 0.1"):
+        verification.far_threshold(np.array([0.5, 0.5, 1.0]), THRESHOLDS[:3], 0.1)
+
+
+def test_val_across_a_far_plateau_by_hand():
+    """Two folds of three genuine pairs (distance 0.8) and one impostor (orthogonal: distance 2.0).
+    Each training FAR is 0 up to the threshold 2.0 and 1 from 2.001, so the threshold is
+    2.0 + 0.001 * 1e-3: every test pair, the impostor included, is accepted: VAL 1, FAR 1.
+    Interpolating from the plateau's first threshold (0.0) would give 0.002001: VAL 0, FAR 0."""
+    genuine = [[1.0, 0.0], [0.6, 0.8]]
+    impostor = [[1.0, 0.0], [0.0, 1.0]]
+    embeddings = np.array((genuine * 3 + impostor) * 2)
+    issame = np.array([True, True, True, False] * 2)
+    result = verification.evaluate(embeddings, issame, nfolds=2)
+    assert result.val == 1.0
+    assert result.far == 1.0
 
 
 def test_xnorm_is_mean_row_norm_over_both_sets():

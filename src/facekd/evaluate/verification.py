@@ -10,11 +10,16 @@ is the same integer-over-integer division as in insightface's per-threshold loop
 
 VAL@FAR: insightface inverts the training-fold FAR curve with
 `interp1d(far_train, thresholds, kind='slinear')`. FAR is a step function of the threshold, so
-`far_train` repeats values and current scipy refuses it ("Expect x to not have duplicates"). We keep,
-for each distinct FAR value, the first (smallest) threshold that reaches it, and interpolate
-through those points with the same `interp1d(kind='slinear')`. When the training folds never reach
-the target FAR the threshold is 0.0, as in insightface. A fold without genuine (or impostor) pairs
-has no defined VAL (or FAR); insightface divides by zero there, we report NaN.
+`far_train` repeats values; current scipy refuses that ("Expect x to not have duplicates"), while
+the scipy of insightface's environment (1.9) builds a degree-1 B-spline with knots
+`[x0, x0, x1, ..., xn, xn]` straight from the repeated values. `far_threshold` evaluates that
+spline as scipy 1.9 does (de Boor, degree 1): the target falls in the interval that starts at the
+*last* point whose FAR is <= the target and ends at the next point, so across a plateau it
+interpolates from the plateau's last threshold to the next value's first. A target equal to the
+largest FAR lands in the final interval, which is empty when the curve ends on a plateau, and the
+spline gives 0 there. When the training folds never reach the target FAR the threshold is 0.0, as
+in insightface. A fold without genuine (or impostor) pairs has no defined VAL (or FAR);
+insightface divides by zero there, we report NaN.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import interpolate
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
@@ -160,10 +164,17 @@ def far_threshold(far_train: np.ndarray, thresholds: np.ndarray, far_target: flo
     """The threshold at which the training FAR curve reaches `far_target` (see the module doc)."""
     if not np.max(far_train) >= far_target:
         return 0.0
-    # far_train is non-decreasing in the threshold: np.unique keeps each value's first index.
-    unique_far, first = np.unique(far_train, return_index=True)
-    inverse = interpolate.interp1d(unique_far, thresholds[first], kind="slinear")
-    return float(inverse(far_target))
+    if far_target < far_train[0]:
+        raise DataError(f"far_target: found {far_target}, expected at least the curve's first FAR {far_train[0]}")
+    # Interval [far_train[lower], far_train[lower + 1]]: scipy 1.9's find_interval picks the last
+    # knot <= the target and never the one past the end.
+    lower = min(int(np.searchsorted(far_train, far_target, side="right")), len(far_train) - 1) - 1
+    start, end = far_train[lower], far_train[lower + 1]
+    if start == end:  # an empty interval: de Boor gives both basis functions weight 0
+        return 0.0
+    weight = 1.0 / (end - start)
+    below, above = thresholds[lower], thresholds[lower + 1]
+    return float(below * (weight * (end - far_target)) + above * (weight * (far_target - start)))
 
 
 def _val_folds(dist, issame, folds):

@@ -1,16 +1,22 @@
 """Classification heads: the combined angular margin and the full (single-process) classifiers.
 
 `CombinedMargin(s, m1, m2, m3)` turns cosines into logits `s * (cos(m1*theta + m2) - m3)` on
-the target class. It reproduces arcface_torch's `CombinedMarginLoss` value for value:
+the target class. Its values equal current arcface_torch `CombinedMarginLoss`:
 
-- ArcFace (m1 = 1, m3 = 0): `cos(theta + m2)` computed as `c*cos(m2) - sqrt(1-c^2)*sin(m2)`,
-  replaced by `c - m2*sin(pi - m2)` when `c <= cos(pi - m2)` (where theta + m2 would pass pi and
-  the logit would stop decreasing); with `easy_margin`, the margin applies only when `c > 0`.
+- ArcFace (m1 = 1, m3 = 0): `cos(theta + m2)` for every target, computed as
+  `c*cos(m2) - sqrt(1-c^2)*sin(m2)`, also where theta + m2 passes pi (the logit then rises again).
+  Two variants of insightface's older ArcFace head are options, both off by default:
+  `easy_margin` applies the margin only when `c > 0`; `guard_past_pi` uses `c - m2*sin(pi - m2)`
+  when `c <= cos(pi - m2)`, so that the logit keeps decreasing in theta.
 - CosFace (m1 = 1, m2 = 0, m3 > 0): `c - m3`.
 - normalised softmax (m1 = 1, m2 = 0, m3 = 0): `c`.
 
 Other settings use `cos(m1*acos(c) + m2) - m3`, the combined margin of the InsightFace paper.
 (arcface_torch's module instead ignores m2 whenever m3 > 0, and rejects m1 != 1.)
+
+The gradient is the derivative of these formulas (ArcFace: `s*(cos m2 + c*sin m2/sqrt(1-c^2))`).
+arcface_torch applies the angle shift in place under `no_grad`, so its gradient is `s` for every
+logit, as if the margin were a constant; docs/methods.md compares the two.
 
 Rows labelled -1 get no margin (under Partial FC their class lives on another shard).
 """
@@ -31,15 +37,19 @@ CENTRE_INIT_STD = 0.01  # arcface_torch's class-centre init, N(0, 0.01)
 
 class CombinedMargin(nn.Module):
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, *,
-                 interclass_filtering_threshold: float = 0.0, easy_margin: bool = False) -> None:
+                 interclass_filtering_threshold: float = 0.0, easy_margin: bool = False,
+                 guard_past_pi: bool = False) -> None:
         super().__init__()
         if s <= 0 or m1 <= 0 or m2 < 0 or m3 < 0:
             raise ConfigError(
                 f"margin: found s={s}, m1={m1}, m2={m2}, m3={m3}, expected s > 0, m1 > 0, m2 >= 0, m3 >= 0"
             )
+        if easy_margin and guard_past_pi:
+            raise ConfigError("margin: found easy_margin and guard_past_pi both set, expected at most one")
         self.s, self.m1, self.m2, self.m3 = s, m1, m2, m3
         self.interclass_filtering_threshold = interclass_filtering_threshold
         self.easy_margin = easy_margin
+        self.guard_past_pi = guard_past_pi
 
     def extra_repr(self) -> str:
         return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
@@ -70,7 +80,9 @@ class CombinedMargin(nn.Module):
             shifted = c * math.cos(m2) - sin * math.sin(m2)
             if self.easy_margin:
                 return torch.where(c > 0, shifted, c)
-            return torch.where(c > math.cos(math.pi - m2), shifted, c - math.sin(math.pi - m2) * m2)
+            if self.guard_past_pi:
+                return torch.where(c > math.cos(math.pi - m2), shifted, c - math.sin(math.pi - m2) * m2)
+            return shifted
         return torch.cos(m1 * torch.acos(c.clamp(-1.0, 1.0)) + m2) - m3
 
 
