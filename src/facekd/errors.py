@@ -19,3 +19,7 @@ class ConfigError(FacekdError):
 
 class CheckpointError(FacekdError):
     """A checkpoint or weights file cannot be loaded into the requested model."""
+
+
+class DistributedError(FacekdError):
+    """A collective was called in a way the process group cannot serve."""

@@ -29,7 +29,7 @@ from facekd.models.loading import load_weights_into
 from facekd.train import checkpoint as ckpt
 from facekd.train.build import backbone_options, bin_evaluator, open_train_samples
 from facekd.train.config import from_dict
-from facekd.train.distributed import World, is_distributed
+from facekd.train.distributed import World, barrier, is_distributed
 from facekd.train.engine import Trainer, TrainResult, batches_per_epoch
 
 CACHE_MODES = ("auto", "on", "off")
@@ -100,7 +100,7 @@ def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples,
             batch_size=config.train.images_per_batch, num_workers=config.train.workers,
             dtype=config.distill.cache_dtype, device=world.device, progress=config.train.progress)
     if is_distributed():
-        torch.distributed.barrier()  # the other ranks wait for rank 0's build, then map the files
+        barrier()  # the other ranks wait for rank 0's build, then map the files
         cache = TeacherCache.open(root, fingerprint)
     distiller.use_cache(cache)
     return cache

@@ -24,10 +24,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
 from facekd.errors import CheckpointError, ConfigError
+from facekd.train import distributed as world_ops
 from facekd.models.heads import CENTRE_INIT_STD, CombinedMargin, normalized_cosine
 
 
@@ -74,15 +74,15 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: Tensor, labels: Tensor, distributed: bool) -> Tensor:
         max_logits = logits.max(dim=1, keepdim=True).values
         if distributed:
-            dist.all_reduce(max_logits, dist.ReduceOp.MAX)
+            world_ops.all_reduce(max_logits, dist.ReduceOp.MAX)
         probs = (logits - max_logits).exp_()
         sums = probs.sum(dim=1, keepdim=True)
         rows = torch.nonzero(labels != -1).squeeze(1)
         target_logits = torch.zeros(logits.size(0), device=logits.device, dtype=logits.dtype)
         target_logits[rows] = logits[rows, labels[rows]]
         if distributed:
-            dist.all_reduce(sums, dist.ReduceOp.SUM)
-            dist.all_reduce(target_logits, dist.ReduceOp.SUM)
+            world_ops.all_reduce(sums)
+            world_ops.all_reduce(target_logits)
         probs.div_(sums)
         ctx.save_for_backward(probs, rows, labels)
         # log-sum-exp form: exact even where arcface_torch's clamp of p at 1e-30 would bite
@@ -147,10 +147,8 @@ class PartialFC(nn.Module):
         labels = labels.reshape(-1).long()
         if self.distributed:
             embeddings = _ScaleGradient.apply(embeddings, float(self.layout.world_size))
-            embeddings = torch.cat(dist_nn.all_gather(embeddings))
-            gathered = [torch.empty_like(labels) for _ in range(self.layout.world_size)]
-            dist.all_gather(gathered, labels)
-            labels = torch.cat(gathered)
+            embeddings = torch.cat(world_ops.all_gather_with_grad(embeddings))
+            labels = torch.cat(world_ops.all_gather(labels))
 
         start, count = self.layout.class_start, self.layout.num_local
         local = (labels >= start) & (labels < start + count)
@@ -188,8 +186,7 @@ class PartialFC(nn.Module):
                       for r in range(self.layout.world_size))
         padded = local.new_zeros((longest, *local.shape[1:]))
         padded[: local.size(0)] = local
-        pieces = [torch.empty_like(padded) for _ in range(self.layout.world_size)]
-        dist.all_gather(pieces, padded)
+        pieces = world_ops.all_gather(padded)
         counts = [ShardLayout.of(self.layout.num_classes, r, self.layout.world_size).num_local
                   for r in range(self.layout.world_size)]
         return torch.cat([piece[:n] for piece, n in zip(pieces, counts)])

@@ -62,8 +62,7 @@ def _gather_rows(local: torch.Tensor, rows_per_rank: list[int]) -> torch.Tensor:
         return local.detach().cpu().clone()
     padded = local.new_zeros((max(rows_per_rank),) + tuple(local.shape[1:]))
     padded[: local.shape[0]] = local.detach()
-    blocks = [torch.empty_like(padded) for _ in rows_per_rank]
-    torch.distributed.all_gather(blocks, padded)
+    blocks = dist.all_gather(padded)
     return torch.cat([b[:n] for b, n in zip(blocks, rows_per_rank)]).cpu()
 
 

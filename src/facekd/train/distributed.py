@@ -1,7 +1,11 @@
 """Process-group setup for `torchrun`, DDP wrapping and the global-batch sampler.
 
 One process is the ordinary case: nothing is initialised and every collective is a no-op.
-Under `torchrun` (WORLD_SIZE > 1) the group uses NCCL on CUDA and gloo on CPU.
+Under `torchrun` (WORLD_SIZE > 1) a CUDA run creates the group as `cpu:gloo,cuda:nccl`, so
+CUDA tensors go through NCCL and the small CPU tensors of bookkeeping (stop flags, shard row
+counts) through gloo; a CPU run uses gloo. Every tensor collective in facekd goes through the
+functions here, which check first that the group's backends serve the tensor's device (NCCL
+alone serves CUDA only), so a wrong device fails in one line instead of deep inside NCCL.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from torch import nn
+import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.all_gather)
+from torch import Tensor, nn
 from torch.utils.data import Sampler
 
-from facekd.errors import ConfigError
+from facekd.errors import ConfigError, DistributedError
 from facekd.runtime import pick_device
 from facekd.train.balanced import IdentityGroups
 
@@ -41,8 +46,66 @@ def init_world(device_name: str = "auto") -> World:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        torch.distributed.init_process_group(process_group_backend(device))
     return World(rank, size, device)
+
+
+def process_group_backend(device: torch.device) -> str:
+    """NCCL for CUDA tensors plus gloo for the CPU ones; gloo alone on CPU."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def served_devices(group=None) -> frozenset[str]:
+    """Device types the group's backends serve: `cpu:gloo,cuda:nccl` -> {cpu, cuda}."""
+    config = str(torch.distributed.get_backend_config(group))
+    return frozenset(part.split(":")[0] for part in config.split(",") if ":" in part)
+
+
+def check_device(tensor: Tensor, op: str, group=None) -> None:
+    """Refuse a tensor whose device no backend of the group serves (e.g. CPU under NCCL alone)."""
+    served = served_devices(group)
+    if tensor.device.type not in served:
+        raise DistributedError(
+            f"{op}: found a {tensor.device.type} tensor, but the process group's backends "
+            f"({torch.distributed.get_backend_config(group)}) serve {sorted(served)} tensors only")
+
+
+def collective_device(group=None) -> torch.device:
+    """Where to put a small bookkeeping tensor: the CPU when a backend serves it, else this GPU."""
+    if "cpu" in served_devices(group):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def all_reduce(tensor: Tensor, op=torch.distributed.ReduceOp.SUM, group=None) -> Tensor:
+    """In-place all-reduce of `tensor` (no-op in one process)."""
+    if is_distributed():
+        check_device(tensor, "all_reduce", group)
+        torch.distributed.all_reduce(tensor, op=op, group=group)
+    return tensor
+
+
+def all_gather(tensor: Tensor, group=None) -> list[Tensor]:
+    """Every rank's `tensor` (same shape on every rank), in rank order; not differentiable."""
+    if not is_distributed():
+        return [tensor]
+    check_device(tensor, "all_gather", group)
+    pieces = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size(group))]
+    torch.distributed.all_gather(pieces, tensor.contiguous(), group=group)
+    return pieces
+
+
+def all_gather_with_grad(tensor: Tensor, group=None) -> list[Tensor]:
+    """As `all_gather`, with the gradient flowing back to every rank's input."""
+    if not is_distributed():
+        return [tensor]
+    check_device(tensor, "all_gather", group)
+    return list(torch.distributed.nn.all_gather(tensor, group=group))
+
+
+def barrier(group=None) -> None:
+    if is_distributed():
+        torch.distributed.barrier(group=group)
 
 
 def close_world(world: World) -> None:
@@ -66,8 +129,8 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on any rank (so all ranks stop at the same step)."""
     if not is_distributed():
         return flag
-    value = torch.tensor([int(flag)])
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    value = torch.tensor([int(flag)], device=collective_device())
+    all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item())
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -59,6 +58,7 @@ from facekd.distill.methods.arcdistill import (
 )
 from facekd.errors import ConfigError
 from facekd.models.heads import CombinedMargin
+from facekd.train import distributed as world_ops
 
 ALPHAS = ("alpha_prime", "alpha")
 ALPHA_FLOOR = 1e-6
@@ -66,11 +66,7 @@ ALPHA_FLOOR = 1e-6
 
 def gather_from_ranks(tensor: Tensor) -> Tensor:
     """Concatenate `tensor` from every rank in rank order (itself when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+    return torch.cat(world_ops.all_gather(tensor))
 
 
 def last_occurrence(labels: Tensor) -> Tensor:

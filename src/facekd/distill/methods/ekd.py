@@ -17,13 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facekd.distill.base import register_distiller
 from facekd.distill.feature_kd import FeatureDistiller, FeatureOptions
+from facekd.train import distributed as world_ops
 
 
 def soft_rank(similarity: Tensor, thresholds: Tensor, tau: float) -> Tensor:
@@ -74,15 +73,10 @@ class EKDLoss(nn.Module):
 
 def gather_batch(student: Tensor, teacher: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The whole global batch on every rank (gradients flow to this rank's student rows)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not world_ops.is_distributed():
         return student, teacher, labels
-    return torch.cat(dist_nn.all_gather(student)), gather(teacher.detach()), gather(labels)
-
-
-def gather(tensor: Tensor) -> Tensor:
-    pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(pieces, tensor.contiguous())
-    return torch.cat(pieces)
+    return (torch.cat(world_ops.all_gather_with_grad(student)),
+            torch.cat(world_ops.all_gather(teacher.detach())), torch.cat(world_ops.all_gather(labels)))
 
 
 @dataclass

@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -47,6 +46,7 @@ from facekd.distill.base import (
 )
 from facekd.distill.methods.arcdistill import build_student_with_embedding
 from facekd.errors import ConfigError
+from facekd.train import distributed as world_ops
 
 # Keeps acos finite-gradient at cos = +-1.
 COSINE_LIMIT = 1.0 - 1e-6
@@ -71,8 +71,8 @@ class AdaptiveMarginLoss(nn.Module):
         """m_i = (M_max - M_min) / D_max * c_i + M_min."""
         centre_cosine = centre_cosine.float()
         d_max = centre_cosine.max()
-        if self.global_dmax and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(d_max, op=dist.ReduceOp.MAX)
+        if self.global_dmax:
+            world_ops.all_reduce(d_max, op=torch.distributed.ReduceOp.MAX)
         d_max = d_max.clamp_min(DMAX_FLOOR)
         return (self.m_max - self.m_min) / d_max * centre_cosine + self.m_min
 
