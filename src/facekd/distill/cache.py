@@ -12,6 +12,8 @@ Layout of ROOT:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -28,13 +30,59 @@ from facekd.errors import ConfigError, DataError
 from facekd.fileio import atomic_write_text
 
 META_NAME = "meta.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key covers centres, kwargs, pixel convention and labels
+FULL_HASH_BYTES = 64 << 20
+HASH_SAMPLE_BYTES = 1 << 20
+# How images reach the teacher (resize to its input size, then its own normalisation); bump it
+# when that code changes, so caches built by the old code are rebuilt.
+NETWORK_INPUT = "distill.base.network_input v1"
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     """What identifies a file cheaply: resolved path, size and modification time."""
     stat = Path(path).stat()
     return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def content_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """`file_fingerprint` plus a digest of the bytes: all of them up to FULL_HASH_BYTES, else the
+    first and last HASH_SAMPLE_BYTES (a rewritten checkpoint changes both ends: header and tensors)."""
+    path = Path(path)
+    found = file_fingerprint(path)
+    digest = hashlib.sha1()
+    with path.open("rb") as handle:
+        if found["size"] <= FULL_HASH_BYTES:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(handle.read(HASH_SAMPLE_BYTES))
+            handle.seek(-HASH_SAMPLE_BYTES, os.SEEK_END)
+            digest.update(handle.read(HASH_SAMPLE_BYTES))
+    return {**found, "sha1": digest.hexdigest()}
+
+
+def dataset_fingerprint(data: str | os.PathLike, labels: np.ndarray) -> dict[str, Any]:
+    """The training set: its RecordIO pair (or list file / folder) and every sample's label."""
+    data = Path(data)
+    if (data / "train.rec").is_file():
+        files = [data / "train.rec", data / "train.idx"]
+    else:
+        files = [data]
+    return {
+        "files": [file_fingerprint(f) for f in files if f.exists()],
+        "num_samples": int(len(labels)),
+        "labels_sha1": hashlib.sha1(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest(),
+    }
+
+
+def teacher_fingerprint(teacher_config: Any, input_size: int) -> dict[str, Any]:
+    """Everything in the teacher's config (weights, centres, architecture, kwargs, ONNX pixel
+    convention, ...) with its files identified by content, plus the input size in use."""
+    fields = dataclasses.asdict(teacher_config)
+    for name in ("path", "head"):
+        if fields.get(name):
+            fields[name] = content_fingerprint(fields[name])
+    return {**fields, "input_size": input_size, "network_input": NETWORK_INPUT}
 
 
 class TeacherCache:

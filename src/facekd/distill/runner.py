@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from facekd.distill.base import (
@@ -21,7 +22,7 @@ from facekd.distill.base import (
     Teacher,
     distiller_class,
 )
-from facekd.distill.cache import TeacherCache, file_fingerprint
+from facekd.distill.cache import TeacherCache, dataset_fingerprint, teacher_fingerprint
 from facekd.distill.config import DistillExperimentConfig
 from facekd.distill.loading import load_teacher
 from facekd.errors import ConfigError
@@ -54,14 +55,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facekd" / "teacher"
 
 
-def cache_fingerprint(config: DistillExperimentConfig, distiller: Distiller, num_samples: int) -> dict:
-    data = Path(config.data.train)
-    data_file = data / "train.rec" if (data / "train.rec").is_file() else data
+def cache_fingerprint(config: DistillExperimentConfig, distiller: Distiller, samples) -> dict:
+    """Everything that changes the cached teacher outputs (the fields are checked on open)."""
     return {
-        "teacher": file_fingerprint(config.teacher.path),
-        "teacher_input_size": distiller.teacher.input_size,
-        "data": file_fingerprint(data_file),
-        "num_samples": num_samples,
+        "teacher": teacher_fingerprint(config.teacher, distiller.teacher.input_size),
+        "data": dataset_fingerprint(config.data.train, np.asarray(samples.labels)),
         "dtype": config.distill.cache_dtype,
     }
 
@@ -86,7 +84,7 @@ def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples,
             f"distill.cache: on, but method {distiller.name!r} needs {sorted(distiller.teacher_needs)} "
             "from the live teacher (stage maps or full logits cannot be cached)"
         )
-    fingerprint = cache_fingerprint(config, distiller, len(samples))
+    fingerprint = cache_fingerprint(config, distiller, samples)
     digest = hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(config.distill.cache_dir or default_cache_dir()) / digest
     cache = TeacherCache.open(root, fingerprint) if world.is_main else None
