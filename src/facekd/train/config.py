@@ -8,6 +8,7 @@ section by subclassing `ExperimentConfig` and passing the subclass as `schema`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
 
 from facekd.errors import ConfigError
 
@@ -123,6 +127,28 @@ POSITIVE = {("train", "epochs"), ("train", "grad_accum"),
             ("train", "log_interval"), ("model", "input_size"), ("data", "val_batch_size")}
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars, as users expect: only true/false are booleans (`cache: off` stays the
+    string "off") and `1e-3` is a float (YAML 1.1 reads it as a string: it has no dot)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rule) for tag, rule in rules if tag not in (_BOOL_TAG, _FLOAT_TAG)]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Yaml12Loader.add_implicit_resolver(  # added after the int rule, so "5" stays an int
+    _FLOAT_TAG,
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """Parse config text with YAML 1.2 booleans and floats (see `_Yaml12Loader`)."""
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def load_config(path: str | Path, overrides: list[str] = (), schema: type[Config] = ExperimentConfig,
                 check_paths: bool = True) -> Config:
     """Read a YAML config, apply `section.field=value` overrides, validate and return it."""
@@ -130,7 +156,7 @@ def load_config(path: str | Path, overrides: list[str] = (), schema: type[Config
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         problem = str(exc).replace("\n", " ")
         raise ConfigError(f"{path}: not valid YAML: {problem}") from exc
@@ -208,7 +234,7 @@ def _apply_override(raw: dict, item: str) -> None:
     if not sep or not dot or not section or not name:
         raise ConfigError(f"--set {item!r}: expected section.field=value, e.g. train.epochs=2")
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML") from exc
     body = raw.setdefault(section, {})
