@@ -155,3 +155,54 @@ def test_writer_output_reads_with_plain_pickle(tmp_path):
     assert_decodes_to(np.asarray(Image.open(io.BytesIO(bins[2]))), 200)
     with pytest.raises(DataError, match="3 images for 2 pairs"):
         write_pairs_bin(tmp_path / "x.bin", IMAGES[:3], [True, False])
+
+
+class Calls:
+    """Pickles as `func(*args)` (a crafted file: nothing runs when it is written)."""
+
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        Calls(bytearray, 1_500_000_000),  # the 60-byte .bin that allocated 3 GB
+        Calls(np.ndarray, (1_500_000_000,), np.uint8),
+        Calls(np.ndarray, (2**40, 2**40), np.uint8),
+    ],
+)
+def test_a_small_file_cannot_allocate_more_than_it_holds(tmp_path, bomb):
+    import resource
+
+    path = tmp_path / "bomb.bin"
+    path.write_bytes(pickle.dumps(([bomb, IMAGES[0]], [True]), protocol=2))
+    assert path.stat().st_size < 1000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match="refused to unpickle") as excinfo:
+        load_pairs_bin(path)
+    assert str(path) in str(excinfo.value) and "\n" not in str(excinfo.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing big was touched
+
+
+def test_reconstruct_with_a_huge_shape_is_refused(tmp_path):
+    from numpy._core.multiarray import _reconstruct
+
+    path = tmp_path / "bomb.bin"
+    path.write_bytes(pickle.dumps(([Calls(_reconstruct, np.ndarray, (1_500_000_000,), b"B"), IMAGES[0]], [True]),
+                                  protocol=2))
+    with pytest.raises(DataError, match="elements from a"):
+        load_pairs_bin(path)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_uint8_arrays_and_bytearrays_of_real_bytes_still_load(tmp_path, protocol):
+    arrays = [np.frombuffer(item, dtype=np.uint8).copy() for item in IMAGES]
+    path = tmp_path / f"p{protocol}.bin"
+    path.write_bytes(pickle.dumps(([arrays[0], bytearray(IMAGES[1]), *arrays[2:]], [True, False]), protocol=protocol))
+    images, issame = load_pairs_bin(path)
+    assert [images.encoded[i] for i in range(len(IMAGES))] == [bytes(item) for item in IMAGES]
+    assert issame.tolist() == [True, False]

@@ -6,6 +6,9 @@ were pickled under Python 2, so loading retries with `encoding="bytes"` as insig
 
 The pickle is read by an Unpickler that can build only byte strings, lists, tuples, bools, ints
 and uint8 numpy arrays; any other global in the file is refused, so a crafted `.bin` cannot run code.
+The two constructors that could allocate more than the file holds are bounded by the file's size:
+`bytearray` only copies bytes or text that are in the file (never `bytearray(n)`), and an array
+called for directly may not have more elements than the file has bytes.
 """
 
 from __future__ import annotations
@@ -38,8 +41,6 @@ def _uint8_dtype(name, *args):
 
 def _numpy_global(module: str, name: str):
     """The numpy internals that rebuild an ndarray (both numpy 1 and numpy 2 module paths)."""
-    if (module, name) == ("numpy", "ndarray"):
-        return np.ndarray
     if (module, name) == ("numpy", "dtype"):
         return _uint8_dtype
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
@@ -54,6 +55,10 @@ def _numpy_global(module: str, name: str):
 
 
 class _PairsUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, **kwargs) -> None:
+        super().__init__(io.BytesIO(data), **kwargs)
+        self.limit = len(data)
+
     def find_class(self, module: str, name: str):
         # Python 3 writes bytes under protocol 2 as _codecs.encode(text, "latin1").
         if (module, name) == ("_codecs", "encode"):
@@ -61,8 +66,12 @@ class _PairsUnpickler(pickle.Unpickler):
 
             return codecs.encode
         if (module, name) in (("builtins", "bytearray"), ("__builtin__", "bytearray")):
-            return bytearray
+            return _copying_bytearray
+        if (module, name) == ("numpy", "ndarray"):
+            return _bounded_array_type(self.limit)
         found = _numpy_global(module, name)
+        if found is not None and name == "_reconstruct":
+            return _bounded(found, self.limit)
         if found is None:
             raise _Refused(
                 f"global {module}.{name}, expected only bytes, lists, bools and uint8 numpy arrays"
@@ -70,9 +79,44 @@ class _PairsUnpickler(pickle.Unpickler):
         return found
 
 
+def _copying_bytearray(source=b"", *encoding):
+    """bytearray of bytes or text held in the file (protocol 2 writes it so); never a size."""
+    if not isinstance(source, (bytes, str)):
+        raise _Refused(f"bytearray({type(source).__name__}), expected bytes or text from the file")
+    return bytearray(source, *encoding) if encoding else bytearray(source)
+
+
+def _element_count(shape) -> int:
+    return int(np.prod(shape, dtype=np.float64))  # float: a crafted shape must not overflow
+
+
+def _bounded(reconstruct, limit: int):
+    """numpy's `_reconstruct(type, shape, dtype)`, for shapes no larger than the file."""
+    def bounded(subtype, shape, dtype):
+        if _element_count(shape) > limit:
+            raise _Refused(f"an array of {_element_count(shape)} elements from a {limit}-byte file")
+        return reconstruct(subtype, shape, dtype)
+
+    return bounded
+
+
+def _bounded_array_type(limit: int) -> type:
+    """ndarray for `_reconstruct` (which builds an empty array, then fills it from the file's
+    bytes); a direct call may not ask for more elements than the file has bytes."""
+
+    class BoundedArray(np.ndarray):
+        def __new__(cls, shape, *args, **kwargs):
+            count = _element_count(shape)
+            if count > limit:
+                raise _Refused(f"an array of {count} elements from a {limit}-byte file")
+            return np.ndarray.__new__(np.ndarray, shape, *args, **kwargs)
+
+    return BoundedArray
+
+
 def _unpickle(data: bytes, path: Path) -> object:
     def load(**kwargs) -> object:
-        return _PairsUnpickler(io.BytesIO(data), **kwargs).load()
+        return _PairsUnpickler(data, **kwargs).load()
 
     try:
         try:
