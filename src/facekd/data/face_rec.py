@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.data.codec import check_rgb_image, decode_image, encode_jpeg
+from facekd.data.rec_index import check_index
 from facekd.data.recordio import IR_HEADER, PART_HEADER, IndexedRecordFile, RecordWriter, pack_payload, unpack_payload
 from facekd.errors import DataError
 from facekd.fileio import atomic_write_text
@@ -42,7 +43,8 @@ _SCAN_CHUNK = 1 << 16
 
 @dataclass(frozen=True)
 class HeaderScan:
-    """Per .idx position: IRHeader flag, class label (scalar or first vector element), image bytes.
+    """Per .idx position: IRHeader flag, class label (scalar or first vector element), image bytes,
+    and the record's framed size in the file (parts and padding included; -1 if unreadable).
 
     `problems` maps the positions of unreadable records to a one-line description.
     """
@@ -50,6 +52,7 @@ class HeaderScan:
     flags: np.ndarray
     labels: np.ndarray
     image_sizes: np.ndarray
+    extents: np.ndarray
     problems: dict[int, str]
 
 
@@ -63,11 +66,12 @@ def scan_headers(records: IndexedRecordFile) -> HeaderScan:
     flags = np.zeros(count, dtype=np.uint32)
     labels = np.zeros(count, dtype=np.float32)
     image_sizes = np.full(count, -1, dtype=np.int64)
+    extents = np.full(count, -1, dtype=np.int64)
     problems: dict[int, str] = {}
     size = records.file_size
     framing = records.framing
     if count == 0:
-        return HeaderScan(flags, labels, image_sizes, problems)
+        return HeaderScan(flags, labels, image_sizes, extents, problems)
     mapped = np.memmap(records.rec_path, dtype=np.uint8, mode="r") if size else np.zeros(1, np.uint8)
     columns = np.arange(_SCAN_WIDTH, dtype=np.int64)
     for start in range(0, count, _SCAN_CHUNK):
@@ -91,16 +95,17 @@ def scan_headers(records: IndexedRecordFile) -> HeaderScan:
         flags[block] = flag
         labels[block] = np.where(flag == 0, words[:, 3].view("<f4"), words[:, 8].view("<f4"))
         image_sizes[block] = np.where(good, length - header_bytes, -1)
+        extents[block] = np.where(good, PART_HEADER.size + length + (-length % 4), -1)
         for row in np.flatnonzero(~good):
             position = start + int(row)
             if in_file[row] and magic[row] == framing.magic and cflag[row] == 1:
-                _scan_split_record(records, position, flags, labels, image_sizes, problems)
+                _scan_split_record(records, position, flags, labels, image_sizes, extents, problems)
             else:
                 problems[position] = _describe_bad_header(
                     records, position, bool(in_file[row]), int(magic[row]), int(cflag[row]),
                     int(length[row]), int(header_bytes[row]),
                 )
-    return HeaderScan(flags, labels, image_sizes, problems)
+    return HeaderScan(flags, labels, image_sizes, extents, problems)
 
 
 def _scan_split_record(
@@ -109,11 +114,13 @@ def _scan_split_record(
     flags: np.ndarray,
     labels: np.ndarray,
     image_sizes: np.ndarray,
+    extents: np.ndarray,
     problems: dict[int, str],
 ) -> None:
     """Fill in one split record's scan row from a full read (split records are rare)."""
     try:
-        header, image = records.read(position)
+        payload, extents[position] = records.read_framed(position)
+        header, image = unpack_payload(payload, records.describe(position))
     except DataError as exc:
         problems[position] = str(exc)
         return
@@ -190,6 +197,8 @@ class RecordIODataset:
             )
         for position in sorted(scan.problems):
             log.warning("skipping bad record: %s", scan.problems[position])
+        if not scan.problems:  # with bad records skipped, their extents are unknown
+            check_index(self.records, scan.extents, scan.flags)
         self._positions = np.flatnonzero(scan.image_sizes > 0)
         self.labels = self._class_labels(scan.labels[self._positions])
         self.image_size: tuple[int, int] | None = None

@@ -188,13 +188,14 @@ class IndexedRecordFile:
     pickling drops the handle), and read with `os.pread`, so reads need no shared seek position.
     """
 
-    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike):
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike,
+                 index: tuple[np.ndarray, np.ndarray] | None = None):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path)
         self._rec_name = str(self.rec_path)
         if not self.rec_path.is_file():
             raise DataError(f"{self.rec_path}: file not found, expected a RecordIO .rec file")
-        self.keys, self.offsets = read_idx(self.idx_path)
+        self.keys, self.offsets = index if index is not None else read_idx(self.idx_path)
         self.file_size = self.rec_path.stat().st_size
         self.framing = self._detect_framing()
         self._extents = self._record_extents()
@@ -202,6 +203,12 @@ class IndexedRecordFile:
         self._sorted_keys = self.keys[self._key_order]
         self._handle: IO[bytes] | None = None
         self._handle_pid: int | None = None
+
+    @classmethod
+    def unindexed(cls, rec_path: str | os.PathLike) -> "IndexedRecordFile":
+        """The .rec without its index, for `read_framed_at` walks (e.g. rebuilding the index)."""
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(rec_path, Path(rec_path).with_suffix(".idx"), index=(empty, empty))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -231,42 +238,48 @@ class IndexedRecordFile:
 
     def read_payload(self, position: int) -> bytes:
         """The payload of the record at an .idx position, with split parts joined by the magic word."""
-        offset = int(self.offsets[position])
+        return self.read_framed(position)[0]
+
+    def read_framed(self, position: int) -> tuple[bytes, int]:
+        """(payload, framed size) of the record at an .idx position (see `read_framed_at`)."""
+        return self.read_framed_at(int(self.offsets[position]), int(self._extents[position]), self.describe(position))
+
+    def read_framed_at(self, offset: int, read_ahead: int, source: str) -> tuple[bytes, int]:
+        """(payload, framed size): the payload of the record starting at byte `offset`, split parts
+        joined by the magic word, and its bytes in the file, parts and padding included."""
         if offset < 0 or offset + PART_HEADER.size > self.file_size:
             raise DataError(
-                f"{self.describe(position)}: offset is past the end of the {self.file_size}-byte file, "
+                f"{source}: offset is past the end of the {self.file_size}-byte file, "
                 "expected an offset of a record inside it"
             )
-        buffer = self._pread(min(int(self._extents[position]), _MAX_READ_AHEAD), offset)
+        buffer = self._pread(min(read_ahead, _MAX_READ_AHEAD), offset)
         parts: list[bytes] = []
         cursor = 0
         while True:
-            buffer = self._ensure(buffer, offset, cursor + PART_HEADER.size, position)
+            buffer = self._ensure(buffer, offset, cursor + PART_HEADER.size, source)
             magic, lrec = PART_HEADER.unpack_from(buffer, cursor)
             if magic != self.framing.magic:
                 raise DataError(
-                    f"{self.describe(position)}: found magic 0x{magic:08X} at byte {offset + cursor}, "
+                    f"{source}: found magic 0x{magic:08X} at byte {offset + cursor}, "
                     f"expected 0x{self.framing.magic:08X}"
                 )
             cflag, length = self.framing.decode_lrec(lrec)
             expected = (0, 1) if not parts else (2, 3)
             if cflag not in expected:
-                raise DataError(
-                    f"{self.describe(position)}: part {len(parts)} has cflag {cflag}, expected one of {expected}"
-                )
+                raise DataError(f"{source}: part {len(parts)} has cflag {cflag}, expected one of {expected}")
             start = cursor + PART_HEADER.size
-            buffer = self._ensure(buffer, offset, start + length, position)
+            buffer = self._ensure(buffer, offset, start + length, source)
             parts.append(buffer[start : start + length])
             cursor = start + length + (-length % 4)
             if cflag in (0, 3):
-                return parts[0] if cflag == 0 else self.framing.magic_bytes.join(parts)
+                return (parts[0] if cflag == 0 else self.framing.magic_bytes.join(parts)), cursor
 
     def read(self, position: int) -> tuple[IRHeader, memoryview]:
         """The IRHeader and image bytes of the record at an .idx position."""
         return unpack_payload(self.read_payload(position), self.describe(position))
 
     def _detect_framing(self) -> Framing:
-        if len(self.keys) == 0:
+        if self.file_size == 0:
             return MXNET_FRAMING
         with open(self.rec_path, "rb") as handle:
             head = handle.read(4)
@@ -295,14 +308,14 @@ class IndexedRecordFile:
             self._handle_pid = pid
         return os.pread(self._handle.fileno(), size, offset)
 
-    def _ensure(self, buffer: bytes, offset: int, needed: int, position: int) -> bytes:
+    def _ensure(self, buffer: bytes, offset: int, needed: int, source: str) -> bytes:
         """Extend `buffer` (bytes from `offset`) to at least `needed` bytes, or report truncation."""
         if len(buffer) >= needed:
             return buffer
         buffer += self._pread(needed - len(buffer), offset + len(buffer))
         if len(buffer) < needed:
             raise DataError(
-                f"{self.describe(position)}: truncated, the record needs {needed} bytes from its offset "
+                f"{source}: truncated, the record needs {needed} bytes from its offset "
                 f"but the file ends after {len(buffer)}"
             )
         return buffer
