@@ -238,3 +238,27 @@ def test_pack_pairs(tmp_path):
     assert images.encoded[3] == (tmp_path / "c.jpg").read_bytes()
     (tmp_path / "bad.txt").write_text("a.jpg b.jpg yes\n")
     assert main(["pack", "pairs", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "q.bin")]) == 2
+
+
+def test_a_label_typo_in_a_list_file_is_refused_at_its_line(tmp_path):
+    """`a/0.jpg 0` then `a/0.jpg 99999999999`: refused at once, no classifier of 1e11 classes."""
+    from facekd.data.folders import ListFileDataset
+
+    (tmp_path / "list.txt").write_text("a/0.jpg 0\na/1.jpg 1\n\na/0.jpg 99999999999\n")
+    with pytest.raises(DataError, match=r"list.txt:4: label 99999999999 with only 3 distinct identities"):
+        ListFileDataset(tmp_path / "list.txt")
+    (tmp_path / "sparse.txt").write_text("a/0.jpg 0\na/1.jpg 900\n")  # a few unused classes are allowed
+    assert ListFileDataset(tmp_path / "sparse.txt").num_classes == 901
+
+
+def test_pack_rec_refuses_the_typo_without_leaving_temporary_files(tmp_path, capsys):
+    from facekd.cli import main
+
+    images = tmp_path / "a"
+    images.mkdir()
+    for name in ("0.jpg", "1.jpg"):
+        Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(images / name)
+    (tmp_path / "list.txt").write_text("a/0.jpg 0\na/1.jpg 99999999999\n")
+    assert main(["pack", "rec", str(tmp_path / "list.txt"), "--out", str(tmp_path / "out")]) == 2
+    assert "list.txt:2: label 99999999999" in capsys.readouterr().err
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]

@@ -322,10 +322,11 @@ def write_face_rec(
         if num_classes < classes:
             raise DataError(f"{folder}: num_classes {num_classes}, but labels go up to {classes - 1}")
         if layout == "ms1m":
-            missing = sorted(set(range(classes)) - set(ranges))
-            if missing:
+            if len(ranges) != classes:
+                present = np.sort(np.fromiter(ranges, dtype=np.int64))
+                missing = int(np.flatnonzero(present != np.arange(len(present)))[0])  # the first gap
                 raise DataError(
-                    f"{folder}: class {missing[0]} has no images; the MS1M layout needs classes 0..{classes - 1}"
+                    f"{folder}: class {missing} has no images; the MS1M layout needs classes 0..{classes - 1}"
                 )
             id_start = num_images + 1
             for label in range(classes):

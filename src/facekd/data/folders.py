@@ -58,10 +58,15 @@ class ImageFolderDataset(_ImageFiles):
         super().__init__(paths, np.asarray(labels, dtype=np.int64), len(self.class_names), transform)
 
 
+MAX_EMPTY_CLASSES = 1000
+
+
 class ListFileDataset(_ImageFiles):
     """A list file of `path label` lines; relative paths are under `root` (default: the list's folder).
 
-    `num_classes` is max label + 1.
+    `num_classes` is max label + 1. Labels need not be dense, but a list whose classifier would be
+    mostly empty (more than MAX_EMPTY_CLASSES classes without images, and more empty classes than
+    identities) is refused: it is almost always a typo, and it would allocate that many class centres.
     """
 
     def __init__(self, list_path: str | os.PathLike, root: str | os.PathLike | None = None,
@@ -74,6 +79,7 @@ class ListFileDataset(_ImageFiles):
             raise DataError(f"{list_path}: file not found, expected lines 'path label'") from None
         paths: list[Path] = []
         labels: list[int] = []
+        numbers: list[int] = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -85,7 +91,15 @@ class ListFileDataset(_ImageFiles):
             except ValueError:
                 raise DataError(f"{list_path}:{number}: found {line!r}, expected 'path label' with label >= 0") from None
             paths.append(base / fields[0].strip())
+            numbers.append(number)
         if not paths:
             raise DataError(f"{list_path}: no entries, expected lines 'path label'")
         label_array = np.asarray(labels, dtype=np.int64)
+        identities = len(np.unique(label_array))
+        empty = int(label_array.max()) + 1 - identities
+        if empty > MAX_EMPTY_CLASSES and empty > identities:
+            top = int(np.argmax(label_array))
+            raise DataError(
+                f"{list_path}:{numbers[top]}: label {labels[top]} with only {identities} distinct identities "
+                f"in the list, expected labels 0..{identities - 1} (or at most {MAX_EMPTY_CLASSES} unused)")
         super().__init__(paths, label_array, int(label_array.max()) + 1, transform)
