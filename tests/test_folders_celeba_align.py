@@ -82,6 +82,8 @@ lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y 
 000002.jpg 69  110  107  112   81  135   70  151  108  153
 """
 
+IDENTITIES_TEXT = "000001.jpg 2880\n000002.jpg 2937\n"
+
 ATTRIBUTES_TEXT = """2
 5_o_Clock_Shadow Arched_Eyebrows Attractive 
 000001.jpg -1  1  1
@@ -121,10 +123,43 @@ def test_celeba_bad_files(tmp_path):
     with pytest.raises(DataError, match="2 rows, expected 3"):
         read_landmarks(tmp_path / "lm.txt")
     (tmp_path / "attr.txt").write_text(ATTRIBUTES_TEXT.replace("-1 -1  1", "-1  0  1"))
-    with pytest.raises(DataError, match="attribute value 0, expected 1 or -1"):
+    with pytest.raises(DataError, match=r"attr.txt:4: Arched_Eyebrows is '0', expected 1 or -1"):
         read_attributes(tmp_path / "attr.txt")
     with pytest.raises(DataError, match="file not found"):
         read_identities(tmp_path / "absent.txt")
+
+
+@pytest.mark.parametrize("reader, text, old, new, expected", [
+    ("attributes", "ATTRIBUTES", "-1 -1  1", "-1 257  1", r":4: Arched_Eyebrows is '257', expected 1 or -1"),
+    ("attributes", "ATTRIBUTES", "-1 -1  1", "-1 1.9  1", r":4: Arched_Eyebrows is '1.9', expected 1 or -1"),
+    ("attributes", "ATTRIBUTES", "-1 -1  1", "-1 nan  1", r":4: Arched_Eyebrows is 'nan', expected 1 or -1"),
+    ("landmarks", "LANDMARKS", "", "nan", r":3: lefteye_x is 'nan', expected a finite pixel coordinate"),
+    ("landmarks", "LANDMARKS", "", "inf", r":3: lefteye_x is 'inf', expected a finite pixel coordinate"),
+    ("landmarks", "LANDMARKS", "", "1e300", r":3: lefteye_x is '1e300', expected a finite pixel coordinate"),
+    ("landmarks", "LANDMARKS", "", "x7", r":3: lefteye_x is 'x7', expected a number"),
+    ("identities", "IDENTITIES", "2880", "3.7", r":1: identity is '3.7', expected a non-negative integer"),
+    ("identities", "IDENTITIES", "2880", "-5", r":1: identity is '-5', expected a non-negative integer"),
+    ("identities", "IDENTITIES", "2880", "1e30", r":1: identity is '1e30', expected a non-negative integer"),
+    ("identities", "IDENTITIES", "2880", "nan", r":1: identity is 'nan', expected a non-negative integer"),
+    ("identities", "IDENTITIES", "2880", "99999999999999999999", r"expected a non-negative integer of at most 18"),
+])
+def test_celeba_values_are_never_coerced(tmp_path, reader, text, old, new, expected):
+    """Each of the issue's silent coercions is now a one-line error naming file, line and field."""
+    content = {"ATTRIBUTES": ATTRIBUTES_TEXT, "LANDMARKS": LANDMARKS_TEXT, "IDENTITIES": IDENTITIES_TEXT}[text]
+    content = content.replace(old or "000001.jpg 69 ", new if old else f"000001.jpg {new} ", 1)
+    path = tmp_path / "file.txt"
+    path.write_text(content)
+    read = {"attributes": read_attributes, "landmarks": read_landmarks, "identities": read_identities}[reader]
+    with pytest.raises(DataError, match=expected) as excinfo:
+        read(path)
+    assert str(path) in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_celeba_non_utf8_is_one_line(tmp_path):
+    path = tmp_path / "id.txt"
+    path.write_bytes(b"a.jpg 1\nb\xff.jpg 2\n")
+    with pytest.raises(DataError, match=r"id.txt:2: byte 0xff is not UTF-8"):
+        read_identities(path)
 
 
 # --- alignment ---------------------------------------------------------------------------------------

@@ -25,6 +25,10 @@ LANDMARK_COLUMNS = (
 )  # fmt: skip
 
 
+MAX_COORDINATE = 1e5  # pixels; CelebA's in-the-wild images are a few thousand wide
+MAX_ID_DIGITS = 18  # fits int64
+
+
 @dataclass(frozen=True)
 class Landmarks:
     """`points[i]` (5x2 float32, x then y) are the landmarks of image `names[i]`."""
@@ -50,65 +54,103 @@ class Identities:
     ids: np.ndarray
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of the non-empty lines."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    return [line for line in text.splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8, expected a text file") from None
+    return [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
-def _read_counted_table(path: Path, what: str) -> tuple[list[str], list[str], list[list[str]]]:
-    """(header fields, image names, value fields) of a file with a count line and a header line."""
+@dataclass(frozen=True)
+class _Table:
+    """Image names and their value fields (a str array, one row per image), with line numbers."""
+
+    path: Path
+    names: list[str]
+    cells: np.ndarray
+    line_numbers: list[int]
+    columns: list[str]
+
+    def refuse(self, bad: np.ndarray, expected: str) -> None:
+        """One-line error for the first True cell of `bad`, naming its line and column."""
+        row, column = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(f"{self.path}:{self.line_numbers[row]}: {self.columns[column]} is "
+                        f"{str(self.cells[row, column])!r}, expected {expected}")
+
+
+def _table(path: Path, lines: list[tuple[int, str]], columns: list[str]) -> _Table:
+    rows = [line.split() for _, line in lines]
+    for (number, _), row in zip(lines, rows):
+        if len(row) != len(columns) + 1:
+            raise DataError(f"{path}:{number}: {len(row) - 1} values after the image name, expected {len(columns)}")
+    cells = np.array([row[1:] for row in rows], dtype=str).reshape(len(rows), len(columns))
+    return _Table(path, [row[0] for row in rows], cells, [number for number, _ in lines], columns)
+
+
+def _read_counted_table(path: Path, what: str, columns: list[str] | None = None) -> _Table:
+    """A file with a count line and a header line (`columns` if given, else the header's names)."""
     lines = _read_lines(path)
     if len(lines) < 2:
         raise DataError(f"{path}: {len(lines)} non-empty lines, expected a count line and a {what} line")
+    number, text = lines[0]
+    if not text.strip().isdigit():
+        raise DataError(f"{path}:{number}: found {text.strip()!r}, expected the number of images")
+    header = lines[1][1].split()
+    table = _table(path, lines[2:], columns or header)
+    if len(table.names) != int(text):
+        raise DataError(f"{path}: {len(table.names)} rows, expected {int(text)} as its first line says")
+    return table
+
+
+def _floats(table: _Table) -> np.ndarray:
     try:
-        count = int(lines[0].strip())
+        return table.cells.astype(np.float64)
     except ValueError:
-        raise DataError(f"{path}:1: found {lines[0].strip()!r}, expected the number of images") from None
-    rows = [line.split() for line in lines[2:]]
-    if len(rows) != count:
-        raise DataError(f"{path}: {len(rows)} rows, expected {count} as its first line says")
-    return lines[1].split(), [row[0] for row in rows], [row[1:] for row in rows]
-
-
-def _to_array(path: Path, rows: list[list[str]], width: int, dtype, first_line: int) -> np.ndarray:
-    for number, row in enumerate(rows):
-        if len(row) != width:
-            raise DataError(f"{path}:{first_line + number}: {len(row)} values, expected {width}")
-    try:
-        return np.asarray(rows, dtype=np.float64).reshape(len(rows), width).astype(dtype)
-    except ValueError as exc:
-        raise DataError(f"{path}: non-numeric value ({exc}), expected numbers after each image name") from None
+        for index, cell in np.ndenumerate(table.cells):
+            try:
+                float(cell)
+            except ValueError:
+                table.refuse(table.cells == cell, "a number")
+        raise
 
 
 def read_landmarks(path: str | os.PathLike) -> Landmarks:
     """Read `list_landmarks_align_celeba.txt` (or `list_landmarks_celeba.txt`)."""
     path = Path(path)
-    header, names, rows = _read_counted_table(path, "landmark header")
-    if len(header) != 10:
-        raise DataError(f"{path}:2: {len(header)} column names, expected 10 (x, y of 5 landmarks)")
-    points = _to_array(path, rows, 10, np.float32, first_line=3).reshape(-1, 5, 2)
-    return Landmarks(names, points)
+    lines = _read_lines(path)
+    if len(lines) >= 2 and len(lines[1][1].split()) != 10:
+        raise DataError(f"{path}:{lines[1][0]}: {len(lines[1][1].split())} column names, expected 10 (x, y of 5 landmarks)")
+    table = _read_counted_table(path, "landmark header", list(LANDMARK_COLUMNS))
+    values = _floats(table)
+    outside = ~(np.abs(values) <= MAX_COORDINATE)  # nan and inf included
+    if outside.any():
+        table.refuse(outside, f"a finite pixel coordinate within +-{MAX_COORDINATE:g}")
+    return Landmarks(table.names, values.astype(np.float32).reshape(-1, 5, 2))
 
 
 def read_attributes(path: str | os.PathLike) -> Attributes:
     """Read `list_attr_celeba.txt`."""
     path = Path(path)
-    attribute_names, names, rows = _read_counted_table(path, "attribute names")
-    values = _to_array(path, rows, len(attribute_names), np.int8, first_line=3)
-    if not np.isin(values, (-1, 1)).all():
-        raise DataError(f"{path}: attribute value {int(values[~np.isin(values, (-1, 1))][0])}, expected 1 or -1")
-    return Attributes(names, attribute_names, values)
+    table = _read_counted_table(path, "attribute names")
+    bad = (table.cells != "1") & (table.cells != "-1")
+    if bad.any():
+        table.refuse(bad, "1 or -1")
+    return Attributes(table.names, table.columns, np.where(table.cells == "1", 1, -1).astype(np.int8))
 
 
 def read_identities(path: str | os.PathLike) -> Identities:
     """Read `identity_CelebA.txt`."""
     path = Path(path)
-    rows = [line.split() for line in _read_lines(path)]
-    ids = _to_array(path, [row[1:] for row in rows], 1, np.int64, first_line=1).ravel()
-    return Identities([row[0] for row in rows], ids)
+    table = _table(path, _read_lines(path), ["identity"])
+    bad = ~np.char.isdigit(table.cells) | (np.char.str_len(table.cells) > MAX_ID_DIGITS)
+    if bad.any():
+        table.refuse(bad, f"a non-negative integer of at most {MAX_ID_DIGITS} digits")
+    return Identities(table.names, table.cells.astype(np.int64).ravel())
 
 
 def write_landmarks(path: str | os.PathLike, names: list[str], points: np.ndarray) -> None:
