@@ -17,6 +17,10 @@ class ConfigError(FacekdError):
     """A config or command-line value is invalid."""
 
 
+class StorageError(FacekdError):
+    """A file cannot be written: the disk is full, read-only or failing, or the folder cannot be made."""
+
+
 class CheckpointError(FacekdError):
     """A checkpoint or weights file cannot be loaded into the requested model."""
 

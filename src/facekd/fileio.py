@@ -1,12 +1,24 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename."""
+"""Atomic file writes: write to a temporary file in the same folder, then rename.
+
+A failure of the disk itself (full, quota, read-only, a folder that cannot be made) becomes one
+`StorageError` line naming the file (and the free space when the disk is full), whatever library
+was writing: torch.save, for one, reports a full disk as "unexpected pos" with the OSError chained.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+from facekd.errors import StorageError
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+TMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
@@ -18,8 +30,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open supports modes 'w' and 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise _storage_error(path, exc) from None
     # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask).
     umask = os.umask(0)
     os.umask(umask)
@@ -30,10 +45,56 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        disk = _disk_error(exc)
+        if disk is not None:
+            raise _storage_error(path, disk) from None
         raise
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Report a failing disk under this block (a log append, say) as one StorageError naming `path`."""
+    try:
+        yield
+    except BaseException as exc:
+        disk = _disk_error(exc)
+        if disk is None:
+            raise
+        raise _storage_error(Path(path), disk) from None
+
+
+def _disk_error(exc: BaseException) -> OSError | None:
+    """The OSError of a full or failing disk in `exc`'s chain (libraries wrap it), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (*_DISK_FULL, errno.EROFS, errno.EIO):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _storage_error(path: Path, exc: OSError) -> StorageError:
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in _DISK_FULL:
+        folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path("/"))
+        reason += f", {shutil.disk_usage(folder).free} bytes free in {folder}; the previous {path.name} is kept"
+    return StorageError(f"{path}: cannot write ({reason})")
+
+
+def remove_orphan_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed `atomic_open` left in `folder` (`.NAME.XXXX.tmp`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    orphans = [p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for orphan in orphans:
+        with contextlib.suppress(FileNotFoundError):
+            orphan.unlink()
+    return orphans
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

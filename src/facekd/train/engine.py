@@ -9,6 +9,7 @@ permutation, flips from a generator seeded by (seed, batch), and RNG states are 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import signal
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from facekd.data import transforms
 from facekd.errors import ConfigError, FacekdError
+from facekd.fileio import remove_orphan_temporaries
 from facekd.models.loading import save_backbone
 from facekd.train import checkpoint as ckpt
 from facekd.train import distributed as dist
@@ -33,6 +35,8 @@ from facekd.train.config import ExperimentConfig, TrainConfig, to_dict
 from facekd.train.runlog import RunLog
 from facekd.train.schedule import attach, make_schedule
 from facekd.train.task import Task
+
+logger = logging.getLogger(__name__)
 
 Evaluator = Callable[[nn.Module], dict[str, float]]  # backbone -> {set name: accuracy}
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -220,6 +224,9 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         train = self.config.train
+        if self.world.is_main:
+            for orphan in remove_orphan_temporaries(self.out_dir):  # left by a killed write
+                logger.warning("removed %s, the temporary file of an interrupted write", orphan)
         if train.resume:
             self.resume(self.checkpoint_path)
         log = RunLog(self.out_dir) if self.world.is_main else None

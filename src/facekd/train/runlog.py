@@ -6,13 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from facekd.fileio import disk_errors
+
 
 class RunLog:
     def __init__(self, out_dir: Path, *, tensorboard: bool = True) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "log.jsonl"
-        # Appending keeps the history of a resumed run in one file.
-        self._file = open(self.path, "a", buffering=1)
+        with disk_errors(self.path):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # Appending keeps the history of a resumed run in one file.
+            self._file = open(self.path, "a", buffering=1)
         self._writer = None
         if tensorboard:
             try:
@@ -23,7 +26,8 @@ class RunLog:
                 self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        with disk_errors(self.path):
+            self._file.write(json.dumps(record, sort_keys=True) + "\n")
         if self._writer is not None:
             step = record["step"]
             for key, value in record.items():
