@@ -15,6 +15,7 @@ from torch import Tensor
 from facekd.distill.base import Teacher
 from facekd.distill.config import TeacherConfig
 from facekd.errors import CheckpointError, ConfigError
+from facekd.models.loading import read_weights_file
 
 DEFAULT_INPUT_SIZE = 112
 
@@ -27,7 +28,9 @@ def load_centres(path: Path) -> Tensor:
         if path.suffix == ".npy":
             content = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
+            content = read_weights_file(path)
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one line naming it
         raise CheckpointError(f"{path}: cannot read teacher head ({type(exc).__name__}: {exc})") from None
     if isinstance(content, dict):
@@ -63,7 +66,7 @@ def load_teacher(config: TeacherConfig) -> Teacher:
 
 def _checkpoint_centres(path: Path) -> Tensor | None:
     """The full class-centre matrix a facekd training checkpoint holds (None for other files)."""
-    content = torch.load(path, map_location="cpu", weights_only=True)
+    content = read_weights_file(path)
     task = content.get("task") if isinstance(content, dict) else None
     if not isinstance(task, dict):
         return None

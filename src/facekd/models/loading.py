@@ -19,7 +19,8 @@ from facekd.models.registry import BACKBONES
 DDP_PREFIX = "module."
 
 
-def _read(path: str | os.PathLike) -> Any:
+def read_weights_file(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True; every failure is one CheckpointError line naming the file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -33,8 +34,10 @@ def _load_failure(exc: Exception) -> str:
     text = str(exc)
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     if detail and "Unsupported global" in detail.group(1):
-        return (f"{detail.group(1).split(' was not')[0]}: it holds pickled objects, "
-                f"expected only tensors; save model.state_dict() instead")
+        # Never pass on torch's advice to retry with weights_only=False: that runs the file's code.
+        refused = detail.group(1).split(" was not")[0].replace("Unsupported global: GLOBAL ", "")
+        return (f"refused global {refused}: the file holds pickled objects, which may be unsafe to load; "
+                f"expected only tensors (save model.state_dict())")
     if detail:
         return f"not a torch.save file: {detail.group(1).strip()}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -71,7 +74,7 @@ def load_backbone(path: str | os.PathLike, name: str | None = None, **kwargs: An
     is recognised from its keys and shapes. `kwargs` override the stored or recognised
     options (e.g. `fp16=False`).
     """
-    content = _read(path)
+    content = read_weights_file(path)
     if _is_facekd_checkpoint(content):
         stored = str(content["backbone_name"])
         if name is not None and name != stored:
@@ -102,7 +105,7 @@ def load_weights_into(path: str | os.PathLike, model: Backbone) -> None:
 
     The file must fit the model's own architecture and options; a mismatch names what differs.
     """
-    content = _read(path)
+    content = read_weights_file(path)
     if _is_facekd_checkpoint(content):
         content = content["backbone"]
     state_dict = _plain_state_dict(path, content)

@@ -19,6 +19,7 @@ import torch
 
 from facekd.errors import CheckpointError
 from facekd.fileio import atomic_open
+from facekd.models.loading import read_weights_file
 from facekd.train import distributed as dist
 from facekd.train.task import Task
 
@@ -138,11 +139,7 @@ def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot read checkpoint: {message}") from exc
+    checkpoint = read_weights_file(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: expected a facekd checkpoint dict, found {type(checkpoint).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
