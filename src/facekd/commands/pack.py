@@ -59,11 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _rebuild_index(folder: Path) -> int:
     from facekd.data.rec_index import rebuild_index
-    from facekd.errors import DataError
 
-    rec, idx = folder / "train.rec", folder / "train.idx"
-    if not rec.is_file():
-        raise DataError(f"{rec}: file not found, expected the .rec whose index to rebuild")
-    count = rebuild_index(rec, idx)
+    idx = folder / "train.idx"
+    count = rebuild_index(folder / "train.rec", idx)
     print(f"wrote {idx}: {count} records")
     return 0

@@ -61,7 +61,7 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        line = exc.object[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8, expected a text file") from None
     return [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
@@ -93,7 +93,8 @@ def _table(path: Path, lines: list[tuple[int, str]], columns: list[str]) -> _Tab
 
 
 def _read_counted_table(path: Path, what: str, columns: list[str] | None = None) -> _Table:
-    """A file with a count line and a header line (`columns` if given, else the header's names)."""
+    """A file with a count line and a header line (`columns` if given: the header must have as
+    many names; else the header's names are the columns)."""
     lines = _read_lines(path)
     if len(lines) < 2:
         raise DataError(f"{path}: {len(lines)} non-empty lines, expected a count line and a {what} line")
@@ -101,6 +102,8 @@ def _read_counted_table(path: Path, what: str, columns: list[str] | None = None)
     if not text.strip().isdigit():
         raise DataError(f"{path}:{number}: found {text.strip()!r}, expected the number of images")
     header = lines[1][1].split()
+    if columns is not None and len(header) != len(columns):
+        raise DataError(f"{path}:{lines[1][0]}: {len(header)} column names, expected the {len(columns)} of a {what}")
     table = _table(path, lines[2:], columns or header)
     if len(table.names) != int(text):
         raise DataError(f"{path}: {len(table.names)} rows, expected {int(text)} as its first line says")
@@ -111,7 +114,7 @@ def _floats(table: _Table) -> np.ndarray:
     try:
         return table.cells.astype(np.float64)
     except ValueError:
-        for index, cell in np.ndenumerate(table.cells):
+        for cell in table.cells.flat:
             try:
                 float(cell)
             except ValueError:
@@ -122,9 +125,6 @@ def _floats(table: _Table) -> np.ndarray:
 def read_landmarks(path: str | os.PathLike) -> Landmarks:
     """Read `list_landmarks_align_celeba.txt` (or `list_landmarks_celeba.txt`)."""
     path = Path(path)
-    lines = _read_lines(path)
-    if len(lines) >= 2 and len(lines[1][1].split()) != 10:
-        raise DataError(f"{path}:{lines[1][0]}: {len(lines[1][1].split())} column names, expected 10 (x, y of 5 landmarks)")
     table = _read_counted_table(path, "landmark header", list(LANDMARK_COLUMNS))
     values = _floats(table)
     outside = ~(np.abs(values) <= MAX_COORDINATE)  # nan and inf included

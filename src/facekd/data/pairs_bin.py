@@ -86,15 +86,16 @@ def _copying_bytearray(source=b"", *encoding):
     return bytearray(source, *encoding) if encoding else bytearray(source)
 
 
-def _element_count(shape) -> int:
-    return int(np.prod(shape, dtype=np.float64))  # float: a crafted shape must not overflow
+def _refuse_larger_than(shape, limit: int) -> None:
+    count = int(np.prod(shape, dtype=np.float64))  # float: a crafted shape must not overflow
+    if count > limit:
+        raise _Refused(f"an array of {count} elements from a {limit}-byte file")
 
 
 def _bounded(reconstruct, limit: int):
     """numpy's `_reconstruct(type, shape, dtype)`, for shapes no larger than the file."""
     def bounded(subtype, shape, dtype):
-        if _element_count(shape) > limit:
-            raise _Refused(f"an array of {_element_count(shape)} elements from a {limit}-byte file")
+        _refuse_larger_than(shape, limit)
         return reconstruct(subtype, shape, dtype)
 
     return bounded
@@ -106,9 +107,7 @@ def _bounded_array_type(limit: int) -> type:
 
     class BoundedArray(np.ndarray):
         def __new__(cls, shape, *args, **kwargs):
-            count = _element_count(shape)
-            if count > limit:
-                raise _Refused(f"an array of {count} elements from a {limit}-byte file")
+            _refuse_larger_than(shape, limit)
             return np.ndarray.__new__(np.ndarray, shape, *args, **kwargs)
 
     return BoundedArray

@@ -34,7 +34,8 @@ def check_index(records: IndexedRecordFile, extents: np.ndarray, flags: np.ndarr
     if len(records) == 0:
         raise DataError(f"{idx}: empty index, but {records.rec_path} holds {size} bytes of records; {_advice(records)}")
     order = np.argsort(records.offsets, kind="stable")
-    offsets, ends = records.offsets[order], records.offsets[order] + extents[order]
+    offsets = records.offsets[order]
+    ends = offsets + extents[order]
     repeated = np.flatnonzero(offsets[1:] == offsets[:-1])
     if len(repeated):
         first, second = order[repeated[0]], order[repeated[0] + 1]
