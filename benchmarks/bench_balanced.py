@@ -21,11 +21,11 @@ from facekd.demo import (
     ensure_data,
     evaluate_network,
     run_stage,
-    student_checkpoint,
     train_teacher,
     training_section,
 )
 from facekd.distill.config import DistillExperimentConfig
+from facekd.distill.runner import final_checkpoint
 from facekd.runtime import pick_device
 from facekd.train.config import from_dict
 from facekd.train.distributed import World
@@ -45,7 +45,7 @@ def distill(method: str, batch: tuple[int, int, int] | None, plan, data: Path, t
     raw["teacher"] = {"path": str(teacher)}
     raw["distill"] = {"method": method, "cache_dir": str(out / "teacher_cache"), "cache_dtype": "float32"}
     run_stage(folder.name, from_dict(raw, DistillExperimentConfig, source=f"bench {folder.name}"), world)
-    return student_checkpoint(folder)
+    return final_checkpoint(folder)
 
 
 def main() -> None:

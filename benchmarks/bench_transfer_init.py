@@ -21,8 +21,10 @@ import torch
 
 from facekd.data.face_rec import RecordIODataset
 from facekd.data.training import TrainSamples
-from facekd.distill.base import DistillSetup, StudentSpec, Teacher
+from facekd.distill.distiller import DistillSetup, StudentSpec
 from facekd.distill.methods.transfer import TransferDistiller
+from facekd.distill.registry import method_options
+from facekd.distill.teacher import Teacher
 from facekd.evaluate.embed import evaluate_bin
 from facekd.models import build_backbone
 from facekd.models.heads import CombinedMargin, MarginClassifier
@@ -82,7 +84,7 @@ def main() -> None:
 
         setup = DistillSetup(
             teacher=teacher, student=StudentSpec("r18", dict(TEACHER), INPUT), num_classes=samples.num_classes,
-            margin=MARGIN, options={"init": init, "width_rates": [0.5]}, out_dir=args.out / f"init_{init}",
+            margin=MARGIN, options=method_options("transfer", {"init": init, "width_rates": [0.5]}), out_dir=args.out / f"init_{init}",
             extra_data={"attributes": args.synth / "celeba"},
         )
         begin = time.perf_counter()

@@ -11,7 +11,7 @@ import torch
 
 from facekd.data.celeba import write_attributes, write_identities, write_landmarks
 from facekd.data.codec import encode_jpeg
-from facekd.distill.base import Teacher
+from facekd.distill.teacher import Teacher
 from facekd.models import build_backbone
 
 IDENTITY_ATTRIBUTES = ["Male", "Big_Nose", "Blond_Hair"]

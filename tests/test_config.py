@@ -102,13 +102,13 @@ def test_yaml_12_scalars_off_stays_a_word_and_1e_3_is_a_float(tmp_path):
     from facekd.distill.config import DistillExperimentConfig
 
     path = tmp_path / "c.yaml"
-    path.write_text("distill: {method: neurons, cache: off, options: {lam: 1e-3, flag: true}}\n"
+    path.write_text("distill: {method: neurons, cache: off, options: {lam: 1e-3, layer: embedding}}\n"
                     "optim: {weight_decay: 5e-4}\n")
-    config = load_config(path, ["distill.cache_dtype=float32", "distill.options={lam: 2E-2, mode: no}"],
+    config = load_config(path, ["distill.cache_dtype=float32", "distill.options={lam: 2E-2, layer: pooled}"],
                          schema=DistillExperimentConfig, check_paths=False)
     assert config.distill.cache == "off"  # YAML 1.1 would give False and fail the str field
     assert config.optim.weight_decay == 5e-4
-    assert config.distill.options == {"lam": 0.02, "mode": "no"}
+    assert config.distill.options == {"lam": 0.02, "layer": "pooled"}
     assert type(load_config(path, [], schema=DistillExperimentConfig, check_paths=False).distill.options["lam"]) is float
     overridden = load_config(path, ["distill.cache=on"], schema=DistillExperimentConfig, check_paths=False)
     assert overridden.distill.cache == "on"

@@ -12,9 +12,9 @@ from torch import nn
 from facekd.models.heads import CombinedMargin
 from facekd.models.partial_fc import PartialFC
 from facekd.train import checkpoint as ckpt
-from facekd.train.task import ClassificationTask
 from facekd.train.distributed import init_world, close_world
 from facekd.train.engine import Trainer, seed_everything
+from facekd.train.task import ClassificationTask
 from train_helpers import TinyTask, samples, task_weights, tiny_config
 
 

@@ -7,9 +7,12 @@ import math
 import pytest
 import torch
 
-from facekd.distill.base import DistillSetup, StudentSpec, Teacher
+from facekd.distill.distiller import DistillSetup, StudentSpec
+from facekd.distill.losses import FrozenCentreMarginLoss, margin_from_options
 from facekd.distill.methods.adadistill import AdaDistill, AdaptiveCentreLoss, last_occurrence
-from facekd.distill.methods.arcdistill import ArcDistill, FrozenCentreMarginLoss, margin_from_options
+from facekd.distill.methods.arcdistill import ArcDistill
+from facekd.distill.registry import method_options
+from facekd.distill.teacher import Teacher
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
 from facekd.models.heads import CombinedMargin
@@ -121,10 +124,10 @@ def tiny_teacher() -> Teacher:
     return Teacher(network, input_size=SIZE, centres=torch.randn(NUM_CLASSES, EMBEDDING))
 
 
-def make_setup(tmp_path, teacher: Teacher, options: dict | None = None) -> DistillSetup:
+def make_setup(tmp_path, teacher: Teacher, options: dict | None = None, method: str = "adadistill") -> DistillSetup:
     student = StudentSpec("r18", {"width": 0.125, "fcn": True, "num_features": EMBEDDING, "input_size": SIZE}, SIZE)
     return DistillSetup(teacher=teacher, student=student, num_classes=NUM_CLASSES, margin=(64.0, 1.0, 0.5, 0.0),
-                        options=options or {}, out_dir=tmp_path)
+                        options=method_options(method, options), out_dir=tmp_path)
 
 
 def train_a_few_steps(distiller, steps: int = 10) -> list[float]:
@@ -160,7 +163,7 @@ def test_arcdistill_never_runs_the_teacher(tmp_path):
     teacher = tiny_teacher()
     calls = []
     teacher.network.register_forward_hook(lambda *args: calls.append(1))
-    distiller = ArcDistill.create(make_setup(tmp_path, teacher))
+    distiller = ArcDistill.create(make_setup(tmp_path, teacher, method="arcdistill"))
     calls.clear()
     train_a_few_steps(distiller, steps=1)
     assert calls == []
@@ -171,7 +174,7 @@ def test_arcdistill_needs_the_teacher_head(tmp_path):
     teacher = tiny_teacher()
     headless = Teacher(teacher.network, input_size=SIZE)
     with pytest.raises(ConfigError, match="class centres"):
-        ArcDistill.create(make_setup(tmp_path, headless))
+        ArcDistill.create(make_setup(tmp_path, headless, method="arcdistill"))
 
 
 def run_rank(rank: int, world_size: int, port: int, root: str) -> None:

@@ -12,16 +12,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facekd.distill.base import DistillSetup, StudentSpec, Teacher, distiller_class
+from facekd.distill.common import EmbeddingDistance
+from facekd.distill.distiller import DistillSetup, StudentSpec
+from facekd.distill.losses import HintonKDLoss
 from facekd.distill.methods.cc import CorrelationCongruenceLoss
 from facekd.distill.methods.darkrank import HardDarkRankLoss
 from facekd.distill.methods.ekd import EKDLoss
-from facekd.distill.methods.fitnet import FitNetLoss
 from facekd.distill.methods.gkd import GKDLoss
-from facekd.distill.methods.kd import HintonKDLoss
 from facekd.distill.methods.rkd import RKDLoss
 from facekd.distill.methods.sp import SimilarityPreservingLoss
 from facekd.distill.methods.triplet import TripletDistillationLoss
+from facekd.distill.registry import distiller_class
+from facekd.distill.registry import method_options
+from facekd.distill.teacher import Teacher
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
 
@@ -47,7 +50,7 @@ def pair():
 def test_fitnet_is_mean_squared_error(pair):
     s, t, y = pair
     expected = sum((s[i, j] - t[i, j]).item() ** 2 for i in range(5) for j in range(4)) / 20
-    assert FitNetLoss(4, 4)(s, t, y).item() == pytest.approx(expected, rel=1e-12)
+    assert EmbeddingDistance("mse", 4, 4)(s, t, y).item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_rkd_distance_and_angle_terms(pair):
@@ -224,7 +227,7 @@ def tiny_setup(tmp_path: Path, method: str, options: dict | None = None) -> tupl
     setup = DistillSetup(
         teacher=teacher,
         student=StudentSpec("r18", {"width": 0.125, "depth": 0.25, "fcn": True, "num_features": 32}, 16),
-        num_classes=4, margin=(16.0, 1.0, 0.2, 0.0), options=options or {}, out_dir=tmp_path,
+        num_classes=4, margin=(16.0, 1.0, 0.2, 0.0), options=method_options(method, options), out_dir=tmp_path,
     )
     g = torch.Generator().manual_seed(3)
     batch = {

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from facekd.distill.base import DistillSetup, StudentSpec, Teacher, distiller_class, parse_options
+from facekd.distill.common import probe_features
 from facekd.distill.config import DistillExperimentConfig
-from facekd.distill.methods.shrinkteanet import probe_features
+from facekd.distill.distiller import DistillSetup, StudentSpec
+from facekd.distill.registry import distiller_class, method_options
+from facekd.distill.teacher import Teacher
 from facekd.models import build_backbone
 from facekd.train.build import backbone_options
 from facekd.train.config import load_config
@@ -52,13 +54,7 @@ def teacher_spec(config: DistillExperimentConfig) -> tuple[str, dict, int]:
 
 
 def parsed_options(config: DistillExperimentConfig, tmp_path: Path):
-    method = distiller_class(config.distill.method)
-    if hasattr(method, "options"):  # methods that validate beyond the dataclass (transfer)
-        setup = DistillSetup(teacher=None, student=StudentSpec(config.model.backbone, {}, config.model.input_size),
-                             num_classes=1, margin=(64.0, 1.0, 0.5, 0.0), options=dict(config.distill.options),
-                             out_dir=tmp_path)
-        return method.options(setup)
-    return parse_options(method.Options, config.distill.options, config.distill.method)
+    return method_options(config.distill.method, config.distill.options)
 
 
 def test_every_method_file_has_configs():
@@ -143,7 +139,7 @@ def test_synth_config_builds_its_distiller_and_backpropagates(path: Path, tmp_pa
         student=StudentSpec(config.model.backbone, backbone_options(config), config.model.input_size),
         num_classes=SYNTH_CLASSES,
         margin=(head.s, head.m1, head.m2, head.m3),
-        options=dict(config.distill.options),
+        options=method_options(config.distill.method, config.distill.options),
         out_dir=tmp_path,
     )
     distiller = distiller_class(config.distill.method).create(setup)

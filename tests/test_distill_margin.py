@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from facekd.distill.base import DistillSetup, StudentSpec, Teacher
+from facekd.distill.distiller import DistillSetup, StudentSpec
 from facekd.distill.methods.margin import AdaptiveMarginLoss, MarginDistillation
+from facekd.distill.registry import method_options
+from facekd.distill.teacher import Teacher
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
 
@@ -35,7 +37,7 @@ def tiny_teacher() -> Teacher:
 def make_setup(tmp_path, teacher: Teacher, *, num_features: int = EMBEDDING, num_classes: int = NUM_CLASSES) -> DistillSetup:
     student = StudentSpec("r18", {"width": 0.125, "fcn": True, "num_features": num_features, "input_size": SIZE}, SIZE)
     return DistillSetup(teacher=teacher, student=student, num_classes=num_classes, margin=(64.0, 1.0, 0.5, 0.0),
-                        options={}, out_dir=tmp_path)
+                        options=method_options("margin", {}), out_dir=tmp_path)
 
 
 def test_margin_schedule_by_hand():

@@ -12,7 +12,7 @@ import torch
 from scipy.optimize import brentq
 
 from distill_celeba_helpers import IDENTITY_ATTRIBUTES, one_thread, tiny_teacher, write_celeba  # noqa: F401 (fixture)
-from facekd.distill.base import DistillSetup, StudentSpec
+from facekd.distill.distiller import DistillSetup, StudentSpec
 from facekd.distill.methods.neurons import NeuronDistiller
 from facekd.distill.neuron_selection import (
     balanced_accuracy,
@@ -22,6 +22,7 @@ from facekd.distill.neuron_selection import (
     select_neurons,
     unary_term,
 )
+from facekd.distill.registry import method_options
 from facekd.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -143,7 +144,7 @@ def test_selection_prefers_identity_selective_neurons():
 def _setup(tmp_path, **options) -> DistillSetup:
     return DistillSetup(
         teacher=tiny_teacher(), student=StudentSpec("r18", {"width": 0.125, "fcn": True, "input_size": 32}, 32),
-        num_classes=4, margin=(16.0, 1.0, 0.3, 0.0), options=options, out_dir=tmp_path / "run",
+        num_classes=4, margin=(16.0, 1.0, 0.3, 0.0), options=method_options("neurons", options), out_dir=tmp_path / "run",
         extra_data={"attributes": tmp_path / "celeba"},
     )
 

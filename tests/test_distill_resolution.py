@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from facekd.data.transforms import normalize, resize
-from facekd.distill.base import DistillSetup, StudentSpec, Teacher
+from facekd.distill.distiller import DistillSetup, StudentSpec
 from facekd.distill.methods.resolution import REPORT_NAME, ResolutionDistiller, count_flops
+from facekd.distill.registry import method_options
+from facekd.distill.teacher import Teacher
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
 
@@ -37,7 +39,7 @@ def tiny_teacher(arch: dict = ARCH) -> Teacher:
 def make_setup(tmp_path, teacher: Teacher, options: dict, *, arch: dict = ARCH,
                student_size: int = STUDENT_SIZE) -> DistillSetup:
     return DistillSetup(teacher=teacher, student=StudentSpec("r18", dict(arch), student_size), num_classes=NUM_CLASSES,
-                        margin=(16.0, 1.0, 0.2, 0.0), options=options, out_dir=tmp_path)
+                        margin=(16.0, 1.0, 0.2, 0.0), options=method_options("resolution", options), out_dir=tmp_path)
 
 
 def tiny_batch() -> dict[str, torch.Tensor]:

@@ -12,8 +12,8 @@ from facekd.cli import main
 from facekd.data import RecordIODataset
 from facekd.data.face_rec import write_face_rec
 from facekd.data.training import TrainSamples
-from facekd.distill.base import CENTRE_COSINE, EMBEDDING, Teacher
 from facekd.distill.cache import TeacherCache
+from facekd.distill.teacher import CENTRE_COSINE, EMBEDDING, Teacher
 from facekd.models import build_backbone
 
 TINY = {"width": 0.125, "depth": 0.25, "fcn": True, "num_features": 16, "input_size": 16}

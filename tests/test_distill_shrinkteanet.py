@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from facekd.data.transforms import normalize
-from facekd.distill.base import DistillSetup, StudentSpec, Teacher
-from facekd.distill.methods.shrinkteanet import FeatureDistance, ShrinkTeaNet
+from facekd.distill.common import EmbeddingDistance
+from facekd.distill.distiller import DistillSetup, StudentSpec
+from facekd.distill.methods.shrinkteanet import ShrinkTeaNet
+from facekd.distill.registry import method_options
+from facekd.distill.teacher import Teacher
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
 
@@ -36,7 +39,7 @@ def tiny_teacher() -> Teacher:
 def make_setup(tmp_path, teacher: Teacher, *, student_size: int = SIZE, options: dict | None = None) -> DistillSetup:
     student = StudentSpec("mbf", {"width": 0.25, "fcn": True, "num_features": 16, "input_size": student_size}, student_size)
     return DistillSetup(teacher=teacher, student=student, num_classes=NUM_CLASSES, margin=MARGIN,
-                        options=options or {}, out_dir=tmp_path)
+                        options=method_options("shrinkteanet", options), out_dir=tmp_path)
 
 
 def tiny_batch(n: int = 8) -> dict[str, torch.Tensor]:
@@ -58,12 +61,12 @@ def test_distances_against_hand_computation():
         "l2": ((1 + 1) + (1 + 4)) / 2,
     }
     for mode, value in expected.items():
-        assert FeatureDistance(mode)(a, b).item() == pytest.approx(value, rel=1e-6), mode
+        assert EmbeddingDistance(mode)(a, b).item() == pytest.approx(value, rel=1e-6), mode
 
 
 def test_unknown_distance_is_a_config_error():
     with pytest.raises(ConfigError, match="distance"):
-        FeatureDistance("cosine-ish")
+        EmbeddingDistance("cosine-ish")
 
 
 def test_lambdas_halve_per_stage_and_l2_is_scaled(tmp_path):

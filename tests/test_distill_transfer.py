@@ -11,7 +11,10 @@ import torch
 
 from distill_celeba_helpers import one_thread, tiny_teacher, write_celeba  # noqa: F401 (fixture)
 from facekd.data.training import TrainSamples
-from facekd.distill.alignment import (
+from facekd.distill.celeba_faces import CelebAFaces
+from facekd.distill.distiller import DistillSetup, StudentSpec
+from facekd.distill.methods.transfer import TransferDistiller
+from facekd.distill.methods.transfer.alignment import (
     AlignmentStudent,
     LandmarkHead,
     LandmarkSamples,
@@ -22,9 +25,7 @@ from facekd.distill.alignment import (
     to_pixels,
     to_unit,
 )
-from facekd.distill.base import DistillSetup, StudentSpec
-from facekd.distill.celeba_faces import CelebAFaces
-from facekd.distill.methods.transfer import TransferDistiller
+from facekd.distill.registry import method_options
 from facekd.distill.width_init import COMPRESSED, COPIED, init_from_teacher
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
@@ -169,7 +170,7 @@ def test_nme_hand_computation():
 def _setup(tmp_path, teacher, **options) -> DistillSetup:
     return DistillSetup(
         teacher=teacher, student=StudentSpec("r18", dict(STUDENT), 32), num_classes=teacher.num_classes,
-        margin=(16.0, 1.0, 0.3, 0.0), options=options, out_dir=tmp_path / "run",
+        margin=(16.0, 1.0, 0.3, 0.0), options=method_options("transfer", options), out_dir=tmp_path / "run",
         extra_data={"attributes": tmp_path / "celeba"},
     )
 
@@ -242,7 +243,9 @@ def test_pipeline_runs_three_stages_through_the_engine(tmp_path):
         stages.append((stage, type(task).__name__, len(samples)))
         return task
 
-    summary = TransferDistiller.run_pipeline(_setup(tmp_path, teacher, holdout=0.25), fit, train)
+    final = TransferDistiller.run_pipeline(_setup(tmp_path, teacher, holdout=0.25), fit, train)
+    assert final == tmp_path / "run" / "verification" / "checkpoint.pt"  # the protocol: the final student
+    summary = json.loads((tmp_path / "run" / "transfer.json").read_text())
     assert [s[:2] for s in stages] == [
         ("classification", "TransferDistiller"), ("alignment", "AlignmentStudent"),
         ("verification", "VerificationStudent"),
@@ -255,4 +258,3 @@ def test_pipeline_runs_three_stages_through_the_engine(tmp_path):
     assert summary["student"]["alignment"]["nme_student"] == metrics["nme_student"]
     for stage in ("classification", "alignment", "verification"):
         assert (tmp_path / "run" / stage / "checkpoint.pt").is_file()
-    assert json.loads((tmp_path / "run" / "transfer.json").read_text()) == json.loads(json.dumps(summary))

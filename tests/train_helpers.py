@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekd.data.training import TrainSamples
+from facekd.data.transforms import network_input
 from facekd.train.config import ExperimentConfig
-from facekd.train.task import Task, prepare_images
+from facekd.train.task import Task
 
 
 class ArrayFaces:
@@ -53,7 +54,7 @@ class TinyTask(Task):
         self.calls += 1
         if self.on_call is not None:
             self.on_call(self.calls)
-        logits = self.classifier(self.backbone(prepare_images(batch["image"], self.input_size)))
+        logits = self.classifier(self.backbone(network_input(batch["image"], self.input_size)))
         loss = F.cross_entropy(logits, batch["label"])
         if self.poison_at is not None and self.calls >= self.poison_at:
             loss = loss * float("nan")

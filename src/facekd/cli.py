@@ -10,6 +10,7 @@ import sys
 import facekd
 import facekd.commands
 from facekd.errors import FacekdError
+from facekd.logs import configure_console
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_console()
     try:
         return int(args.run(args) or 0)
     except FacekdError as exc:

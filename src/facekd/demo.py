@@ -22,7 +22,7 @@ from facekd.data import RecordIODataset, load_pairs_bin
 from facekd.data.synthetic import SynthConfig, generate
 from facekd.deploy.profile import LatencySettings, profile_model
 from facekd.distill.config import DistillExperimentConfig
-from facekd.distill.runner import distill, is_finished
+from facekd.distill.runner import distill, final_checkpoint, is_finished
 from facekd.evaluate import verification
 from facekd.evaluate.embed import embed_images
 from facekd.evaluate.identification import identify
@@ -141,8 +141,9 @@ def train_network(config: ExperimentConfig, world: World) -> None:
 def run_stage(name: str, config: Any, world: World) -> float:
     """Train (or reuse) one network; returns the wall seconds spent."""
     out = Path(config.train.out)
-    if is_finished(out, config) or is_finished(out / "verification", config_for(out / "verification", config)):
-        say(f"{name}: reusing {out / 'checkpoint.pt'}")
+    final = final_checkpoint(out)
+    if is_finished(final.parent, config_for(final.parent, config)):
+        say(f"{name}: reusing {final}")
         return 0.0
     say(f"{name}: training for {config.train.epochs} epochs -> {out}")
     start = time.perf_counter()
@@ -266,7 +267,7 @@ def train_student(run: StudentRun, plan: DemoPlan, data: Path, teacher: Path, fo
     else:
         config = from_dict(raw, ExperimentConfig, source=f"demo {run.name}")
     seconds = run_stage(run.name, config, world)
-    return student_checkpoint(folder), seconds
+    return final_checkpoint(folder), seconds
 
 
 def run_demo(out: Path, plan: DemoPlan, *, device: torch.device, synth_workers: int = 2) -> Path:
@@ -296,9 +297,3 @@ def run_demo(out: Path, plan: DemoPlan, *, device: torch.device, synth_workers: 
 def config_for(out: Path, config: Any) -> Any:
     """`config` writing to `out` instead (a pipeline stage's own folder)."""
     return dataclasses.replace(config, train=dataclasses.replace(config.train, out=str(out)))
-
-
-def student_checkpoint(folder: Path) -> Path:
-    """The checkpoint holding the final student: a pipeline's (transfer) is its verification stage."""
-    direct = folder / "checkpoint.pt"
-    return direct if direct.is_file() else folder / "verification" / "checkpoint.pt"

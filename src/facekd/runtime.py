@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from facekd.errors import ConfigError
+
+
+def module_device(network: object) -> torch.device:
+    """The device of a module's first parameter (or buffer); CPU for tensor-less or non-torch networks."""
+    if isinstance(network, torch.nn.Module):
+        for tensor in itertools.chain(network.parameters(), network.buffers()):
+            return tensor.device
+    return torch.device("cpu")
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -28,10 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="training data: RecordIO folder, image folder or list file")
     parser.add_argument("--val", action="append", default=[], help="verification .bin evaluated each epoch (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (overrides train.out)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a config value, e.g. --set train.epochs=2 or --set \"distill.options={weight: 2}\" (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value at any depth, e.g. --set train.epochs=2 or "
+                             "--set distill.options.lam=0.5 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--list-methods", action="store_true", help="print the available methods and exit")
+    parser.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a previous run")
+    parser.add_argument("--list-methods", action="store_true",
+                        help="print each method, what it needs from the teacher and its options, and exit")
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -49,37 +52,18 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
-    import yaml
-
-    from facekd.distill.base import available_methods
+    from facekd.commands.train import run_in_folder
     from facekd.distill.config import DistillExperimentConfig
+    from facekd.distill.registry import describe_methods
     from facekd.distill.runner import distill
-    from facekd.fileio import atomic_write_text
-    from facekd.train.config import load_config, to_dict
-    from facekd.train.distributed import close_world, init_world
-    from facekd.train.engine import seed_everything
+    from facekd.train.config import config_from_data, load_config
 
     if args.list_methods:
-        print("\n".join(available_methods()))
+        print(describe_methods())
         return 0
     overrides = flag_overrides(args)
     if args.config is not None:
         config = load_config(args.config, overrides, schema=DistillExperimentConfig)
     else:
-        with tempfile.TemporaryDirectory() as folder:
-            empty = Path(folder) / "flags.yaml"
-            empty.write_text("{}\n")
-            config = load_config(empty, overrides, schema=DistillExperimentConfig)
-    world = init_world(config.train.device)
-    try:
-        seed_everything(config.train.seed + world.rank)
-        if world.is_main:
-            atomic_write_text(Path(config.train.out) / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-        result = distill(config, world)
-    finally:
-        close_world(world)
-    if world.is_main:
-        print(result.summary())
-    return 0
+        config = config_from_data({}, overrides, DistillExperimentConfig, source="facekd distill flags")
+    return run_in_folder(config, args, distill)

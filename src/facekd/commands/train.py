@@ -21,34 +21,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set train.epochs=2 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (overrides train.out)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a previous run")
 
 
-def run(args: argparse.Namespace) -> int:
+def train(config, world):
+    from facekd.train.build import bin_evaluator, build_classification_task, open_train_samples
+    from facekd.train.engine import Trainer
+
+    samples = open_train_samples(config.data)
+    task = build_classification_task(config, samples.num_classes)
+    evaluator = bin_evaluator(config, world.device) if world.is_main else None
+    return Trainer(task, samples, config, world=world, evaluator=evaluator).fit()
+
+
+def run_in_folder(config, args: argparse.Namespace, fit) -> int:
+    """`fit(config, world)` in OUT: claim the folder, keep OUT/config.yaml and OUT/train.log, print the summary."""
+    import contextlib
+
     import yaml
 
     from facekd.fileio import atomic_write_text
-    from facekd.train.build import bin_evaluator, build_classification_task, open_train_samples
-    from facekd.train.config import load_config, to_dict
+    from facekd.logs import run_log_file
+    from facekd.train.config import to_dict
     from facekd.train.distributed import close_world, init_world
-    from facekd.train.engine import Trainer, seed_everything
+    from facekd.train.engine import seed_everything
+    from facekd.train.run_folder import claim_run_folder
+
+    out = Path(config.train.out)
+    world = init_world(config.train.device)
+    try:
+        if world.is_main:
+            claim_run_folder(out, resume=config.train.resume, overwrite=args.overwrite)
+        seed_everything(config.train.seed + world.rank)
+        with run_log_file(out) if world.is_main else contextlib.nullcontext():
+            if world.is_main:
+                atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+            result = fit(config, world)
+    finally:
+        close_world(world)
+    if world.is_main:
+        print(result.summary())
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from facekd.train.config import load_config
 
     overrides = list(args.overrides)
     if args.out is not None:
         overrides.append(f"train.out={args.out}")
     if args.resume:
         overrides.append("train.resume=true")
-    config = load_config(args.config, overrides)
-    world = init_world(config.train.device)
-    try:
-        seed_everything(config.train.seed + world.rank)
-        samples = open_train_samples(config.data)
-        task = build_classification_task(config, samples.num_classes)
-        evaluator = bin_evaluator(config, world.device) if world.is_main else None
-        if world.is_main:
-            atomic_write_text(Path(config.train.out) / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-        result = Trainer(task, samples, config, world=world, evaluator=evaluator).fit()
-    finally:
-        close_world(world)
-    if world.is_main:
-        print(result.summary())
-    return 0
+    return run_in_folder(load_config(args.config, overrides), args, train)

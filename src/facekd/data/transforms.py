@@ -39,6 +39,16 @@ def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     return resized.to(images.dtype)
 
 
+def network_input(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """uint8 NCHW -> a network's float input in [-1, 1], resized to `size` x `size` when it differs.
+
+    The one input rule of training, distillation and evaluation (None keeps the images' size)."""
+    x = normalize(images)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = resize(x, size)
+    return x
+
+
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip each NCHW image horizontally with probability 1/2.
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from facekd.distill.base import CACHEABLE_OUTPUTS, Teacher, TeacherOutputs
+from facekd.distill.teacher import CACHEABLE_OUTPUTS, Teacher, TeacherOutputs
 from facekd.errors import ConfigError, DataError
 from facekd.fileio import atomic_write_text
 

@@ -41,3 +41,10 @@ class DistillConfig:
 class DistillExperimentConfig(ExperimentConfig):
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def check(self) -> None:
+        """At load, before any data or teacher is touched: the method exists and its options parse."""
+        from facekd.distill.registry import method_options  # the registry imports every method
+
+        if self.distill.method:
+            method_options(self.distill.method, self.distill.options)

@@ -12,29 +12,16 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from facekd.distill.base import EMBEDDING, Distiller, DistillSetup, Teacher, TeacherOutputs, parse_options
-from facekd.models import build_backbone
-from facekd.models.heads import CombinedMargin, MarginClassifier
+from facekd.distill.common import build_margin_head, build_student, embedding_size
+from facekd.distill.distiller import Distiller, DistillSetup
+from facekd.distill.options import option
+from facekd.distill.teacher import EMBEDDING, Teacher, TeacherOutputs
 
 
-@dataclass
+@dataclass(frozen=True)
 class FeatureOptions:
-    weight: float = 1.0  # of the distillation term
-    identity_weight: float = 1.0  # of the margin-softmax identity loss
-
-
-def build_student(setup: DistillSetup) -> nn.Module:
-    kwargs = dict(setup.student.kwargs)
-    kwargs.setdefault("input_size", setup.student.input_size)
-    return build_backbone(setup.student.name, **kwargs)
-
-
-def embedding_size(backbone: nn.Module) -> int:
-    return int(backbone.spec.kwargs["num_features"])
-
-
-def build_margin_head(setup: DistillSetup, size: int) -> MarginClassifier:
-    return MarginClassifier(size, setup.num_classes, CombinedMargin(*setup.margin))
+    weight: float = option(1.0, "weight of the distillation term (1, as TFace's KD baselines)", low=0)
+    identity_weight: float = option(1.0, "weight of the margin-softmax identity loss (1, as TFace)", low=0)
 
 
 class FeatureDistiller(Distiller):
@@ -57,7 +44,7 @@ class FeatureDistiller(Distiller):
 
     @classmethod
     def create(cls, setup: DistillSetup) -> "FeatureDistiller":
-        options = parse_options(cls.Options, setup.options, f"distill.options ({cls.name})")
+        options = setup.options
         student = build_student(setup)
         size = embedding_size(student)
         teacher_size = setup.teacher.embedding_size

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from facekd.distill.base import Teacher
+from facekd.distill.teacher import Teacher
 from facekd.distill.config import TeacherConfig
 from facekd.errors import CheckpointError, ConfigError
 from facekd.models.loading import read_weights_file

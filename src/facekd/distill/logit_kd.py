@@ -13,27 +13,23 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from facekd.distill.base import (
-    COSINE,
-    Distiller,
-    DistillSetup,
-    Teacher,
-    TeacherOutputs,
-    parse_options,
-)
-from facekd.distill.feature_kd import build_margin_head, build_student, embedding_size
+from facekd.distill.common import build_margin_head, build_student, embedding_size
+from facekd.distill.distiller import Distiller, DistillSetup
+from facekd.distill.options import option
+from facekd.distill.teacher import COSINE, Teacher, TeacherOutputs
 
 
-@dataclass
+@dataclass(frozen=True)
 class LogitOptions:
-    weight: float = 1.0  # of the distillation term
-    identity_weight: float = 1.0  # of the margin-softmax identity loss
-    temperature: float = 4.0
-    margin_logits: bool = False  # distil margin-applied logits instead of plain s*cos
+    weight: float = option(1.0, "weight of the distillation term (1, as TFace's KD baseline)", low=0)
+    identity_weight: float = option(1.0, "weight of the margin-softmax identity loss (1, as TFace)", low=0)
+    temperature: float = option(4.0, "softmax temperature T (4: TFace and FaceX-Zoo defaults)", above=0)
+    margin_logits: bool = option(False, "distil margin-applied logits instead of plain s*cos (GKD does)")
 
 
 class LogitDistiller(Distiller):
     teacher_needs = frozenset({COSINE})
+    teacher_extras = frozenset({"class centres"})
     Options: ClassVar[type] = LogitOptions
 
     def __init__(self, student: nn.Module, head: nn.Module, loss: nn.Module, teacher: Teacher, *,
@@ -51,7 +47,7 @@ class LogitDistiller(Distiller):
 
     @classmethod
     def create(cls, setup: DistillSetup) -> "LogitDistiller":
-        options = parse_options(cls.Options, setup.options, f"distill.options ({cls.name})")
+        options = setup.options
         student = build_student(setup)
         head = build_margin_head(setup, embedding_size(student))
         return cls(student, head, cls.make_loss(options, setup), setup.teacher, options=options,

@@ -12,20 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from facekd.distill.base import (
-    CACHEABLE_OUTPUTS,
-    CENTRE_COSINE,
-    EMBEDDING,
-    Distiller,
-    DistillSetup,
-    StudentSpec,
-    Teacher,
-    distiller_class,
-)
 from facekd.distill.cache import TeacherCache, dataset_fingerprint, teacher_fingerprint
 from facekd.distill.config import DistillExperimentConfig
+from facekd.distill.distiller import Distiller, DistillSetup, PipelineMethod, StudentSpec
 from facekd.distill.loading import load_teacher
+from facekd.distill.registry import distiller_class, method_options
+from facekd.distill.teacher import CACHEABLE_OUTPUTS, CENTRE_COSINE, EMBEDDING, Teacher
 from facekd.errors import ConfigError
+from facekd.fileio import atomic_write_text
 from facekd.models.loading import load_weights_into
 from facekd.train import checkpoint as ckpt
 from facekd.train.build import backbone_options, bin_evaluator, open_train_samples
@@ -34,6 +28,7 @@ from facekd.train.distributed import World, barrier, is_distributed
 from facekd.train.engine import Trainer, TrainResult, batches_per_epoch
 
 CACHE_MODES = ("auto", "on", "off")
+FINAL_NAME = "final.json"  # a pipeline's pointer to its final student's checkpoint
 
 
 def build_setup(config: DistillExperimentConfig, samples, world: World) -> DistillSetup:
@@ -44,7 +39,7 @@ def build_setup(config: DistillExperimentConfig, samples, world: World) -> Disti
         student=StudentSpec(config.model.backbone, backbone_options(config), config.model.input_size),
         num_classes=samples.num_classes,
         margin=(head.s, head.m1, head.m2, head.m3),
-        options=dict(config.distill.options),
+        options=method_options(config.distill.method, config.distill.options),
         out_dir=Path(config.train.out),
         extra_data=extra,
         batches_per_epoch=batches_per_epoch(len(samples), config.train, world.size),
@@ -121,21 +116,33 @@ def is_finished(out: Path, config: Any) -> bool:
     return stored == config and state.get("epoch") == config.train.epochs
 
 
+def final_checkpoint(out: Path) -> Path:
+    """The checkpoint of the student a run in `out` produced: `out/checkpoint.pt`, or for a
+    multi-stage method the final stage's, as recorded in `out/FINAL_NAME`."""
+    pointer = out / FINAL_NAME
+    if pointer.is_file():
+        return out / json.loads(pointer.read_text())["checkpoint"]
+    return out / "checkpoint.pt"
+
+
 def distill(config: DistillExperimentConfig, world: World) -> TrainResult:
-    """Train one student; for a multi-stage method (`run_pipeline`), the result of its last stage."""
+    """Train one student; for a multi-stage method (`PipelineMethod`), the result of its final stage."""
     if config.head.partial_fc:
         raise ConfigError("head.partial_fc: distillation methods build their own full classifier; set it to false")
     method = distiller_class(config.distill.method)
     samples = open_train_samples(config.data)
     setup = build_setup(config, samples, world)
     evaluator = bin_evaluator(config, world.device) if world.is_main else None
-    if hasattr(method, "run_pipeline"):
+    if issubclass(method, PipelineMethod):
         if config.model.init:
             raise ConfigError(f"model.init: method {method.name!r} initialises the student of each stage itself; "
                               "leave model.init empty")
         fitter = StageFitter(config, world, samples, evaluator)
-        method.run_pipeline(setup, fitter, samples)
-        return fitter.last
+        final = method.run_pipeline(setup, fitter, samples)
+        if world.is_main:
+            out = Path(config.train.out)
+            atomic_write_text(out / FINAL_NAME, json.dumps({"checkpoint": str(final.relative_to(out))}))
+        return fitter.results[final]
     distiller = method.create(setup)
     if config.model.init:  # after create: it replaces any initialisation the method made (resolution's KT)
         load_weights_into(config.model.init, distiller.backbone)
@@ -152,7 +159,7 @@ class StageFitter:
 
     def __init__(self, config: DistillExperimentConfig, world: World, train_samples, evaluator) -> None:
         self.config, self.world, self.train_samples, self.evaluator = config, world, train_samples, evaluator
-        self.last: TrainResult | None = None
+        self.results: dict[Path, TrainResult] = {}  # by checkpoint path
 
     def __call__(self, task, samples, stage: str):
         train = dataclasses.replace(self.config.train, out=str(Path(self.config.train.out) / stage))
@@ -161,11 +168,11 @@ class StageFitter:
         if is_finished(Path(train.out), stage_config):
             state = ckpt.load(checkpoint)
             task.load_state_dict(state["task"])
-            self.last = TrainResult(state["step"], state["epoch"], False, state.get("best"), checkpoint)
+            self.results[checkpoint] = TrainResult(state["step"], state["epoch"], False, state.get("best"), checkpoint)
             return task.to(self.world.device)
         main_data = samples is self.train_samples
         if main_data and isinstance(task, Distiller):
             attach_cache(task, stage_config, samples, self.world)
-        self.last = Trainer(task, samples, stage_config, world=self.world,
-                            evaluator=self.evaluator if main_data else None).fit()
+        self.results[checkpoint] = Trainer(task, samples, stage_config, world=self.world,
+                                           evaluator=self.evaluator if main_data else None).fit()
         return task

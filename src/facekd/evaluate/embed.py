@@ -26,6 +26,7 @@ from tqdm import tqdm
 from facekd.data import load_pairs_bin, transforms
 from facekd.errors import DataError
 from facekd.evaluate import verification
+from facekd.runtime import module_device
 
 Embedder = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
@@ -52,9 +53,9 @@ def embed_views(
     ) as bar:
         for batch in _uint8_batches(images, batch_size):
             batch = batch.to(device, non_blocking=True)
-            orig.append(_run(model, _prepare(batch, input_size)))
+            orig.append(_run(model, transforms.network_input(batch, input_size)))
             if flip:
-                mirrored.append(_run(model, _prepare(batch.flip(-1), input_size)))
+                mirrored.append(_run(model, transforms.network_input(batch.flip(-1), input_size)))
             bar.update(batch.shape[0])
     if not orig:
         raise DataError("images: found an empty sequence, expected at least one image to embed")
@@ -102,12 +103,7 @@ def evaluate_bin(
 
 def _input_device(model: Embedder, device: torch.device | str | None) -> torch.device:
     """The given device, else the device of the module's parameters, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    if isinstance(model, torch.nn.Module):
-        for parameter in model.parameters():
-            return parameter.device
-    return torch.device("cpu")
+    return torch.device(device) if device is not None else module_device(model)
 
 
 @contextlib.contextmanager
@@ -135,14 +131,6 @@ def _uint8_batches(images: Sequence[np.ndarray], batch_size: int) -> Iterator[to
                 "expected every image of a set to have the same size"
             )
         yield torch.stack(chunk)
-
-
-def _prepare(batch: torch.Tensor, input_size: int | None) -> torch.Tensor:
-    """uint8 NCHW -> float32 in [-1, 1], resized to the model's input size when it differs."""
-    x = transforms.normalize(batch)
-    if input_size is not None and tuple(x.shape[-2:]) != (input_size, input_size):
-        x = transforms.resize(x, input_size)
-    return x
 
 
 def _run(model: Embedder, x: torch.Tensor) -> np.ndarray:

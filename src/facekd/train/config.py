@@ -7,6 +7,7 @@ section by subclassing `ExperimentConfig` and passing the subclass as `schema`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -162,10 +163,20 @@ def load_config(path: str | Path, overrides: list[str] = (), schema: type[Config
         raise ConfigError(f"{path}: not valid YAML: {problem}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, found {type(raw).__name__}")
+    return config_from_data(raw, overrides, schema, source=str(path), check_paths=check_paths)
+
+
+def config_from_data(raw: dict, overrides: list[str] = (), schema: type[Config] = ExperimentConfig, *,
+                     source: str, check_paths: bool = True) -> Config:
+    """A validated config from plain sections (`source` names them in errors), after the overrides."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         _apply_override(raw, item)
-    config = from_dict(raw, schema, source=str(path))
-    validate(config, source=str(path), check_paths=check_paths)
+    config = from_dict(raw, schema, source=source)
+    validate(config, source=source, check_paths=check_paths)
+    check_more = getattr(config, "check", None)  # schema-specific rules, e.g. a method's options
+    if check_more is not None:
+        check_more()
     return config
 
 
@@ -193,22 +204,24 @@ def _section_from_dict(body: dict, section_type: type, section: str, source: str
     for key, value in body.items():
         if key not in fields:
             raise ConfigError(f"{source}: unknown field {section}.{key}, expected one of {', '.join(sorted(fields))}")
-        values[key] = _coerce(value, hints[key], f"{section}.{key}", source)
+        values[key] = coerce(value, hints[key], f"{section}.{key}", source)
     return section_type(**values)
 
 
-def _coerce(value: Any, expected: Any, where: str, source: str) -> Any:
+def coerce(value: Any, expected: Any, where: str, source: str = "config") -> Any:
+    """`value` as the type hint `expected` (int, float, str, bool, list/tuple/dict of them, optional)."""
     origin = typing.get_origin(expected)
     args = typing.get_args(expected)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, where, source)
-    if origin is list:
-        if not isinstance(value, list):
+        return coerce(value, inner, where, source)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {where} must be a list, found {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value)]
+        items = [coerce(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {where} must be a mapping, found {value!r}")
@@ -229,20 +242,24 @@ def _coerce(value: Any, expected: Any, where: str, source: str) -> Any:
 
 
 def _apply_override(raw: dict, item: str) -> None:
+    """`a.b.c=value` sets raw["a"]["b"]["c"], creating the mappings on the way (any depth)."""
     key, sep, text = item.partition("=")
-    section, dot, name = key.strip().partition(".")
-    if not sep or not dot or not section or not name:
-        raise ConfigError(f"--set {item!r}: expected section.field=value, e.g. train.epochs=2")
+    path = key.strip().split(".")
+    if not sep or len(path) < 2 or not all(path):
+        raise ConfigError(f"--set {item!r}: expected section.field=value, e.g. train.epochs=2 "
+                          "or distill.options.lam=0.5")
     try:
         value = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML") from exc
-    body = raw.setdefault(section, {})
-    if body is None:
-        body = raw[section] = {}
-    if not isinstance(body, dict):
-        raise ConfigError(f"--set {item!r}: section {section!r} is not a mapping")
-    body[name] = value
+    body = raw
+    for depth, name in enumerate(path[:-1]):
+        if body.get(name) is None:
+            body[name] = {}
+        body = body[name]
+        if not isinstance(body, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(path[:depth + 1])} is not a mapping")
+    body[path[-1]] = value
 
 
 def validate(config: Any, source: str = "config", check_paths: bool = True) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from facekd.fileio import disk_errors
+
+logger = logging.getLogger(__name__)
 
 
 class RunLog:
@@ -26,6 +29,7 @@ class RunLog:
                 self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
+        logger.debug("%s", json.dumps(record, sort_keys=True))  # into OUT/train.log with the diagnostics
         with disk_errors(self.path):
             self._file.write(json.dumps(record, sort_keys=True) + "\n")
         if self._writer is not None:

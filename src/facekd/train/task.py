@@ -37,14 +37,6 @@ class Task(nn.Module):
         return {}
 
 
-def prepare_images(images: torch.Tensor, input_size: int) -> torch.Tensor:
-    """uint8 Nx3xHxW -> float32 in [-1, 1] at `input_size` (downsized only when larger)."""
-    x = transforms.normalize(images)
-    if x.shape[-1] > input_size or x.shape[-2] > input_size:
-        x = transforms.resize(x, input_size)
-    return x
-
-
 class ClassificationTask(Task):
     """Backbone + margin head: trains a teacher or a baseline student."""
 
@@ -57,7 +49,7 @@ class ClassificationTask(Task):
         self.backbone_spec = backbone_spec
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        embeddings = self.backbone(prepare_images(batch["image"], self.input_size))
+        embeddings = self.backbone(transforms.network_input(batch["image"], self.input_size))
         out = self.head(embeddings.float(), batch["label"])
         return {"loss_cls": out["loss"]}
 

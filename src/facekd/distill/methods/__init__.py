@@ -1,7 +1,4 @@
-"""One module per distillation method; importing this package registers all of them."""
+"""One module (or package) per distillation method, each registered by `@register_distiller`.
 
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+`facekd.distill.registry.METHODS` imports them all the first time a method is looked up.
+"""

@@ -42,20 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import (
-    EMBEDDING,
-    Distiller,
-    DistillSetup,
-    Teacher,
-    TeacherOutputs,
-    parse_options,
-    register_distiller,
-)
-from facekd.distill.methods.arcdistill import (
-    build_student_with_embedding,
-    centre_cosine_matrix,
-    margin_from_options,
-)
+from facekd.distill.common import build_student_with_embedding
+from facekd.distill.distiller import Distiller, DistillSetup
+from facekd.distill.losses import MARGIN_LOSSES, centre_cosine_matrix, margin_from_options
+from facekd.distill.options import option
+from facekd.distill.registry import register_distiller
+from facekd.distill.teacher import EMBEDDING, Teacher, TeacherOutputs
 from facekd.errors import ConfigError
 from facekd.models.heads import CombinedMargin
 from facekd.train import distributed as world_ops
@@ -116,13 +108,15 @@ class AdaDistill(Distiller):
     name = "adadistill"
     teacher_needs = frozenset({EMBEDDING})
 
-    @dataclass
+    @dataclass(frozen=True)
     class Options:
-        alpha: str = "alpha_prime"  # or "alpha"
-        loss: str = "arcface"  # or "cosface"
-        s: float = 64.0
-        m_arcface: float = 0.45
-        m_cosface: float = 0.35
+        alpha: str = option("alpha_prime", "EMA weight: alpha_prime (cos weighted by the centre's agreement) or "
+                            "alpha (alpha_prime, AdaDistill's best)", choices=ALPHAS)
+        loss: str = option("arcface", "margin softmax: arcface or cosface (arcface, AdaDistill's ArcDistill setting)",
+                           choices=MARGIN_LOSSES)
+        s: float = option(64.0, "logit scale (64, as ArcFace and AdaDistill)", above=0)
+        m_arcface: float = option(0.45, "ArcFace angular margin (0.45, AdaDistill's official code)", low=0)
+        m_cosface: float = option(0.35, "CosFace additive margin (0.35, AdaDistill's official code)", low=0)
 
     def __init__(self, student: nn.Module, loss: AdaptiveCentreLoss, teacher: Teacher, *, backbone_spec,
                  input_size: int) -> None:
@@ -131,7 +125,7 @@ class AdaDistill(Distiller):
 
     @classmethod
     def create(cls, setup: DistillSetup) -> "AdaDistill":
-        options = parse_options(cls.Options, setup.options, "adadistill")
+        options = setup.options
         margin = margin_from_options("adadistill", options.loss, options.s, options.m_arcface, options.m_cosface)
         teacher = setup.teacher
         teacher.require(EMBEDDING)

@@ -22,78 +22,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import (
-    Distiller,
-    DistillSetup,
-    Teacher,
-    TeacherOutputs,
-    parse_options,
-    register_distiller,
-)
-from facekd.distill.feature_kd import build_student
-from facekd.distill.methods.shrinkteanet import probe_features
-from facekd.errors import ConfigError
-from facekd.models.heads import CombinedMargin
-
-MARGIN_LOSSES = ("arcface", "cosface")
-
-
-def margin_from_options(method: str, loss: str, s: float, m_arcface: float, m_cosface: float) -> CombinedMargin:
-    """ArcFace is CombinedMargin(s, 1, m, 0); CosFace is CombinedMargin(s, 1, 0, m)."""
-    if loss not in MARGIN_LOSSES:
-        raise ConfigError(f"{method}.loss: found {loss!r}, expected one of {list(MARGIN_LOSSES)}")
-    if s <= 0:
-        raise ConfigError(f"{method}.s: found {s}, expected a scale > 0")
-    if loss == "arcface":
-        return CombinedMargin(s, 1.0, m_arcface, 0.0)
-    return CombinedMargin(s, 1.0, 0.0, m_cosface)
-
-
-def centre_cosine_matrix(embeddings: Tensor, centres: Tensor) -> Tensor:
-    """cos(theta) of every embedding to every centre (rows need not be normalised), clamped to [-1, 1]."""
-    return (F.normalize(embeddings.float(), dim=1) @ F.normalize(centres.float(), dim=1).t()).clamp(-1.0, 1.0)
-
-
-def build_student_with_embedding(setup: DistillSetup, method: str, size: int) -> nn.Module:
-    """Build the student and check that its embedding has `size` dimensions (the teacher's)."""
-    student = build_student(setup)
-    found = probe_features(student, setup.student.input_size)["embedding"].shape[1]
-    if found != size:
-        raise ConfigError(
-            f"{method}: student {setup.student.name} has a {found}-d embedding, the teacher's is {size}-d; "
-            f"set the student's num_features to {size}"
-        )
-    return student
-
-
-class FrozenCentreMarginLoss(nn.Module):
-    """Margin softmax against fixed class centres."""
-
-    def __init__(self, centres: Tensor, margin: CombinedMargin) -> None:
-        super().__init__()
-        # Not persistent: the centres are the teacher's and are rebuilt from it, not checkpointed.
-        self.register_buffer("centres", F.normalize(centres.detach().float(), dim=1), persistent=False)
-        self.margin = margin
-
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        logits = self.margin(centre_cosine_matrix(embeddings, self.centres), labels)
-        return F.cross_entropy(logits, labels)
+from facekd.distill.common import build_student_with_embedding
+from facekd.distill.distiller import Distiller, DistillSetup
+from facekd.distill.losses import MARGIN_LOSSES, FrozenCentreMarginLoss, margin_from_options
+from facekd.distill.options import option
+from facekd.distill.registry import register_distiller
+from facekd.distill.teacher import Teacher, TeacherOutputs
 
 
 @register_distiller
 class ArcDistill(Distiller):
     name = "arcdistill"
     teacher_needs = frozenset()
+    teacher_extras = frozenset({"class centres"})
 
-    @dataclass
+    @dataclass(frozen=True)
     class Options:
-        loss: str = "arcface"  # or "cosface"
-        s: float = 64.0
-        m_arcface: float = 0.45
-        m_cosface: float = 0.35
+        loss: str = option("arcface", "margin softmax: arcface or cosface (arcface, AdaDistill's ArcDistill setting)",
+                           choices=MARGIN_LOSSES)
+        s: float = option(64.0, "logit scale (64, as ArcFace and AdaDistill)", above=0)
+        m_arcface: float = option(0.45, "ArcFace angular margin (0.45, AdaDistill's official code)", low=0)
+        m_cosface: float = option(0.35, "CosFace additive margin (0.35, AdaDistill's official code)", low=0)
 
     def __init__(self, student: nn.Module, loss: FrozenCentreMarginLoss, teacher: Teacher, *, backbone_spec,
                  input_size: int) -> None:
@@ -102,7 +53,7 @@ class ArcDistill(Distiller):
 
     @classmethod
     def create(cls, setup: DistillSetup) -> "ArcDistill":
-        options = parse_options(cls.Options, setup.options, "arcdistill")
+        options = setup.options
         margin = margin_from_options("arcdistill", options.loss, options.s, options.m_arcface, options.m_cosface)
         teacher = setup.teacher
         centres = teacher.centres_for(setup.num_classes, "arcdistill")

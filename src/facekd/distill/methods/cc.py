@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import register_distiller
+from facekd.distill.registry import register_distiller
 from facekd.distill.feature_kd import FeatureDistiller, FeatureOptions
-from facekd.distill.methods.sp import cosine_matrix
+from facekd.distill.losses import cosine_matrix
+from facekd.distill.options import option
 
 
 class CorrelationCongruenceLoss(nn.Module):
@@ -31,10 +32,10 @@ class CorrelationCongruenceLoss(nn.Module):
         return F.mse_loss(self.kernel(student), self.kernel(teacher))
 
 
-@dataclass
+@dataclass(frozen=True)
 class CCOptions(FeatureOptions):
-    gamma: float = 0.4
-    order: int = 2
+    gamma: float = option(0.4, "gamma of the Gaussian-RBF kernel's Taylor expansion (0.4, Peng et al.)", above=0)
+    order: int = option(2, "order P of the expansion (2, Peng et al.)", low=0)
 
 
 @register_distiller

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import register_distiller
+from facekd.distill.registry import register_distiller
 from facekd.distill.feature_kd import FeatureDistiller, FeatureOptions
+from facekd.distill.options import option
 
 
 def rank_scores(e: Tensor, alpha: float, beta: float) -> Tensor:
@@ -43,11 +44,11 @@ class HardDarkRankLoss(nn.Module):
         return -(ordered - suffix).sum(dim=1).mean()
 
 
-@dataclass
+@dataclass(frozen=True)
 class DarkRankOptions(FeatureOptions):
-    alpha: float = 3.0
-    beta: float = 3.0
-    list_length: int = 3
+    alpha: float = option(3.0, "scale of the similarity score (3, TFace's DarkRank)", above=0)
+    beta: float = option(3.0, "power of the distance in the score (3, TFace's DarkRank)", above=0)
+    list_length: int = option(3, "length of the ranked list (3, TFace's DarkRank)", low=1)
 
 
 @register_distiller

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import register_distiller
+from facekd.distill.registry import register_distiller
 from facekd.distill.feature_kd import FeatureDistiller, FeatureOptions
+from facekd.distill.options import option
 from facekd.train import distributed as world_ops
 
 
@@ -79,11 +80,11 @@ def gather_batch(student: Tensor, teacher: Tensor, labels: Tensor) -> tuple[Tens
             torch.cat(world_ops.all_gather(teacher.detach())), torch.cat(world_ops.all_gather(labels)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class EKDOptions(FeatureOptions):
-    tau: float = 0.01
-    momentum: float = 0.01
-    top_k: int = 2000
+    tau: float = option(0.01, "temperature of the rank weights (0.01, TFace's EKD)", above=0)
+    momentum: float = option(0.01, "momentum of the running thresholds (0.01, TFace's EKD)", low=0, high=1)
+    top_k: int = option(2000, "hardest negative pairs (by student similarity) kept per batch (2000, TFace's EKD)", low=1)
 
 
 @register_distiller

@@ -7,21 +7,11 @@ the student's raw embedding and the teacher's. r is the identity when the sizes 
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from facekd.distill.base import register_distiller
+from facekd.distill.common import EmbeddingDistance
 from facekd.distill.feature_kd import FeatureDistiller, FeatureOptions
-
-
-class FitNetLoss(nn.Module):
-    def __init__(self, student_size: int, teacher_size: int) -> None:
-        super().__init__()
-        self.regressor = (nn.Identity() if student_size == teacher_size
-                          else nn.Linear(student_size, teacher_size, bias=False))
-
-    def forward(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
-        return F.mse_loss(self.regressor(student), teacher)
+from facekd.distill.registry import register_distiller
 
 
 @register_distiller
@@ -31,4 +21,4 @@ class FitNet(FeatureDistiller):
 
     @classmethod
     def make_loss(cls, options: FeatureOptions, student_size: int, teacher_size: int) -> nn.Module:
-        return FitNetLoss(student_size, teacher_size)
+        return EmbeddingDistance("mse", student_size, teacher_size)

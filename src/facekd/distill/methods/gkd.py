@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import DistillSetup, register_distiller
+from facekd.distill.distiller import DistillSetup
+from facekd.distill.options import option
+from facekd.distill.registry import register_distiller
 from facekd.distill.logit_kd import LogitDistiller, LogitOptions
 from facekd.errors import ConfigError
 
@@ -83,14 +85,14 @@ class GKDLoss(nn.Module):
         return kl_sum(F.log_softmax(student_logits / t - shift, dim=1), F.softmax(teacher_logits / t - shift, dim=1))
 
 
-@dataclass
+@dataclass(frozen=True)
 class GKDOptions(LogitOptions):
-    margin_logits: bool = True
-    tau: float = 0.93
-    binary_weight: float = 1.0
-    primary_weight: float = 4.0
-    secondary_weight: float = 0.0
-    warmup_epochs: float = 0.0  # linear ramp of the KD weight; the paper uses 10
+    margin_logits: bool = option(True, "distil margin-applied logits (True, official gkd_adaptive.py)")
+    tau: float = option(0.93, "cumulative probability that closes the primary group (0.93, official code)", above=0, high=1)
+    binary_weight: float = option(1.0, "weight of the primary/secondary binary term (1, official code)", low=0)
+    primary_weight: float = option(4.0, "weight of the primary-group KL (4, official code)", low=0)
+    secondary_weight: float = option(0.0, "weight of the secondary-group KL (0, official code)", low=0)
+    warmup_epochs: float = option(0.0, "linear ramp of the KD weight in epochs (the paper uses 10)", low=0)
 
 
 @register_distiller

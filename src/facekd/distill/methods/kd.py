@@ -8,23 +8,12 @@ margin-applied logits instead. Total: identity_weight * margin CE + weight * los
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from facekd.distill.base import DistillSetup, register_distiller
+from facekd.distill.distiller import DistillSetup
 from facekd.distill.logit_kd import LogitDistiller, LogitOptions
-
-
-class HintonKDLoss(nn.Module):
-    def __init__(self, temperature: float = 4.0) -> None:
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None) -> Tensor:
-        t = self.temperature
-        log_student = F.log_softmax(student_logits / t, dim=1)
-        teacher = F.softmax(teacher_logits / t, dim=1)
-        return F.kl_div(log_student, teacher, reduction="batchmean") * t * t
+from facekd.distill.losses import HintonKDLoss
+from facekd.distill.registry import register_distiller
 
 
 @register_distiller

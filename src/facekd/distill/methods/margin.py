@@ -35,17 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import (
-    CENTRE_COSINE,
-    Distiller,
-    DistillSetup,
-    Teacher,
-    TeacherOutputs,
-    parse_options,
-    register_distiller,
-)
-from facekd.distill.methods.arcdistill import build_student_with_embedding
-from facekd.errors import ConfigError
+from facekd.distill.common import build_student_with_embedding
+from facekd.distill.distiller import Distiller, DistillSetup
+from facekd.distill.options import option
+from facekd.distill.registry import register_distiller
+from facekd.distill.teacher import CENTRE_COSINE, Teacher, TeacherOutputs
 from facekd.train import distributed as world_ops
 
 # Keeps acos finite-gradient at cos = +-1.
@@ -89,13 +83,20 @@ class AdaptiveMarginLoss(nn.Module):
 class MarginDistillation(Distiller):
     name = "margin"
     teacher_needs = frozenset({CENTRE_COSINE})
+    teacher_extras = frozenset({"class centres"})
 
-    @dataclass
+    @dataclass(frozen=True)
     class Options:
-        s: float = 64.0
-        m_max: float = 0.5
-        m_min: float = 0.2
-        global_dmax: bool = True  # D_max over all ranks when torch.distributed is initialised
+        s: float = option(64.0, "logit scale (64, official margin_distillation branch)", above=0)
+        m_max: float = option(0.5, "margin of the sample nearest its teacher centre (0.5, official code)", low=0)
+        m_min: float = option(0.2, "margin floor (0.2, official code)", low=0)
+        global_dmax: bool = option(True, "D_max over all ranks under torch.distributed (facekd; the official "
+                                   "code takes it per device)")
+
+        def problem(self):
+            if self.m_min > self.m_max:
+                return "m_min", self.m_min, f"m_min <= m_max ({self.m_max})"
+            return None
 
     def __init__(self, student: nn.Module, loss: AdaptiveMarginLoss, teacher: Teacher, *, backbone_spec,
                  input_size: int) -> None:
@@ -104,11 +105,7 @@ class MarginDistillation(Distiller):
 
     @classmethod
     def create(cls, setup: DistillSetup) -> "MarginDistillation":
-        options = parse_options(cls.Options, setup.options, "margin")
-        if not 0.0 <= options.m_min <= options.m_max:
-            raise ConfigError(f"margin: found m_min={options.m_min}, m_max={options.m_max}; expected 0 <= m_min <= m_max")
-        if options.s <= 0:
-            raise ConfigError(f"margin.s: found {options.s}, expected a scale > 0")
+        options = setup.options
         teacher = setup.teacher
         centres = teacher.centres_for(setup.num_classes, "margin")
         student = build_student_with_embedding(setup, "margin", centres.shape[1])

@@ -32,22 +32,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from facekd.data.training import TrainSamples
-from facekd.distill.base import (
-    EMBEDDING,
-    POOLED,
-    Distiller,
-    DistillSetup,
-    Teacher,
-    TeacherOutputs,
-    parse_options,
-    register_distiller,
-)
 from facekd.distill.cache import file_fingerprint
 from facekd.distill.celeba_faces import ATTRIBUTES_FILE, CelebAFaces
+from facekd.distill.common import build_margin_head
+from facekd.distill.distiller import Distiller, DistillSetup
 from facekd.distill.neuron_selection import SELECTION_NAME, select_neurons
+from facekd.distill.options import option
+from facekd.distill.registry import register_distiller
+from facekd.distill.teacher import EMBEDDING, POOLED, Teacher, TeacherOutputs
 from facekd.errors import ConfigError, DataError
 from facekd.models import build_backbone
-from facekd.models.heads import CombinedMargin, MarginClassifier
+from facekd.models.heads import MarginClassifier
+from facekd.runtime import module_device
 
 ATTRIBUTES_KEY = "attributes"  # DistillSetup.extra_data key of the CelebA-format attribute folder
 META_NAME = "meta.json"  # the synthetic benchmark's, next to its celeba/ folder
@@ -56,21 +52,23 @@ LAYERS = (EMBEDDING, POOLED)
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class NeuronOptions:
-    layer: str = EMBEDDING  # embedding | pooled: the teacher's "top hidden layer"
-    identity_attributes: tuple = ()  # IA names; empty = the benchmark's meta.json split
-    unrelated_attributes: tuple = ()  # NA names; empty = the benchmark's meta.json split
-    # lambda, weight of the pairwise (redundancy) term. The sum runs over all other neurons, so the
-    # penalty is about lam * psi * (number selected): 0.001 costs ~0.25 when 256 of 512 are kept.
-    lam: float = 0.001
-    phi0: float = 1.0  # Phi_0: a neuron is favoured when its unary term is below this
-    top_k: int = 0  # keep the K most probable neurons; 0 keeps those with q > 0.5
-    iterations: int = 200  # mean-field sweeps at most
-    damping: float = 0.5  # share of the previous q kept at each sweep
-    max_images: int = 0  # attribute images read, evenly spaced over the file; 0 = all
-    identity_weight: float = 0.0  # margin-softmax weight; 0 = regression only, as Luo et al.
-    batch_size: int = 128  # teacher pass over the attribute set
+    layer: str = option(EMBEDDING, "the teacher's top hidden layer: embedding (Luo et al.'s top layer) or pooled",
+                        choices=LAYERS)
+    identity_attributes: tuple[str, ...] = option((), "IA attribute names; [] = the benchmark's meta.json split")
+    unrelated_attributes: tuple[str, ...] = option((), "NA attribute names; [] = the benchmark's meta.json split")
+    # The pairwise sum runs over all other neurons, so the penalty is about lam * psi * (number
+    # selected): 0.001 costs ~0.25 when 256 of 512 are kept.
+    lam: float = option(0.001, "lambda, weight of the pairwise redundancy term (facekd's calibration; the paper's "
+                        "value is not given)", low=0)
+    phi0: float = option(1.0, "Phi_0: a neuron is favoured when its unary term is below this (Luo et al. Eq. 3)")
+    top_k: int = option(0, "keep the K most probable neurons; 0 keeps those with q > 0.5 (mean-field MAP)", low=0)
+    iterations: int = option(200, "mean-field sweeps at most", low=1)
+    damping: float = option(0.5, "share of the previous q kept at each sweep", low=0, high=1)
+    max_images: int = option(0, "attribute images read, evenly spaced over the file; 0 = all", low=0)
+    identity_weight: float = option(0.0, "margin-softmax weight; 0 = regression only, as Luo et al.", low=0)
+    batch_size: int = option(128, "teacher pass over the attribute set", low=1)
 
 
 def attribute_split(folder: Path) -> tuple[list[str], list[str]]:
@@ -98,13 +96,6 @@ def teacher_activations(teacher: Teacher, faces: CelebAFaces, layer: str, *, row
         outputs = teacher.outputs(images, labels, frozenset({layer}))
         rows.append(getattr(outputs, layer).float().cpu().numpy())
     return np.concatenate(rows)
-
-
-def _teacher_device(teacher: Teacher) -> torch.device:
-    if isinstance(teacher.network, nn.Module):
-        for tensor in teacher.network.parameters():
-            return tensor.device
-    return torch.device("cpu")
 
 
 def _fingerprint(teacher: Teacher, attributes_path: Path, options: NeuronOptions) -> dict[str, Any]:
@@ -150,7 +141,7 @@ def choose(setup: DistillSetup, options: NeuronOptions) -> np.ndarray:
     # Evenly spaced: CelebA-format files are often grouped by identity.
     rows = np.unique(np.linspace(0, len(faces) - 1, count).round().astype(np.int64))
     activations = teacher_activations(setup.teacher, faces, options.layer, rows=rows,
-                                      batch_size=options.batch_size, device=_teacher_device(setup.teacher))
+                                      batch_size=options.batch_size, device=module_device(setup.teacher.network))
     selection = select_neurons(
         activations, faces.attributes[rows], faces.attribute_names, identity, unrelated,
         source=str(folder / ATTRIBUTES_FILE), lam=options.lam, phi0=options.phi0, damping=options.damping,
@@ -195,15 +186,7 @@ class NeuronDistiller(Distiller):
 
     @classmethod
     def create(cls, setup: DistillSetup) -> "NeuronDistiller":
-        options = parse_options(cls.Options, setup.options, "neurons")
-        if options.layer not in LAYERS:
-            raise ConfigError(f"neurons.layer: found {options.layer!r}, expected one of {list(LAYERS)}")
-        if options.lam < 0 or options.iterations < 1 or options.top_k < 0 or options.identity_weight < 0:
-            raise ConfigError(
-                f"neurons: found lam={options.lam}, iterations={options.iterations}, top_k={options.top_k}, "
-                f"identity_weight={options.identity_weight}; expected lam >= 0, iterations >= 1, top_k >= 0, "
-                "identity_weight >= 0"
-            )
+        options = setup.options
         setup.teacher.require(options.layer)
         selected = choose(setup, options)
         spec = setup.student
@@ -213,7 +196,7 @@ class NeuronDistiller(Distiller):
         student = build_backbone(spec.name, **kwargs)
         head = None
         if options.identity_weight > 0:
-            head = MarginClassifier(int(selected.size), setup.num_classes, CombinedMargin(*setup.margin))
+            head = build_margin_head(setup, int(selected.size))
         return cls(student, setup.teacher, layer=options.layer, mimic=MimicLoss(selected), head=head,
                    identity_weight=options.identity_weight, backbone_spec=(spec.name, kwargs),
                    input_size=spec.input_size)

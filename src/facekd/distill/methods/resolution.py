@@ -24,6 +24,13 @@ reading chosen here:
 - The student's architecture must equal the teacher's (every parameter shape), as the notes say
   "the student does not change the teacher's architecture"; anything else is refused.
 
+Teachers that are not fully convolutional (a stock insightface r100 flattens a fixed 7 x 7 map)
+work for the kd mode: the student is the same network built for r_s, whose embedding layer reads
+its own smaller map, and an adaptive-pool adapter average-pools the teacher's flattened C x 7 x 7
+pooled features to the student's map before d compares them (`PooledMapAdapter`; no parameters).
+KT is refused for them: the teacher's embedding layer was trained on a 7 x 7 map and does not fit
+the student's.
+
 `create` measures the FLOPs of the teacher at r_t and of the student at r_s with
 `torch.utils.flop_counter` and writes them with their ratio to `<out_dir>/resolution.json`.
 """
@@ -32,30 +39,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facekd.deploy.profile import count_flops
-from facekd.distill.base import (
-    EMBEDDING,
-    POOLED,
-    Distiller,
-    DistillSetup,
-    Teacher,
-    TeacherOutputs,
-    parse_options,
-    register_distiller,
-)
-from facekd.distill.methods.shrinkteanet import (
-    FeatureDistance,
-    probe_features,
-)
+from facekd.distill.common import EmbeddingDistance, build_margin_head, build_student, probe_features
+from facekd.distill.distiller import Distiller, DistillSetup
+from facekd.distill.options import option
+from facekd.distill.registry import register_distiller
+from facekd.distill.teacher import EMBEDDING, POOLED, Teacher, TeacherOutputs
 from facekd.errors import ConfigError
 from facekd.fileio import atomic_write_text
-from facekd.models import build_backbone
-from facekd.models.heads import CombinedMargin, MarginClassifier
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +62,29 @@ TARGETS = {"pooled": POOLED, "embedding": EMBEDDING}
 REPORT_NAME = "resolution.json"
 
 
-def check_same_architecture(student: nn.Module, teacher: nn.Module) -> None:
-    """Refuse a student whose parameters differ in name or shape from the teacher's."""
+class PooledMapAdapter(nn.Module):
+    """Average-pools flattened C x h_t x w_t pooled features to the student's C x h_s x w_s grid."""
+
+    def __init__(self, channels: int, teacher_side: int, student_side: int) -> None:
+        super().__init__()
+        self.channels, self.teacher_side, self.student_side = channels, teacher_side, student_side
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        grid = pooled.reshape(pooled.shape[0], self.channels, self.teacher_side, self.teacher_side)
+        return F.adaptive_avg_pool2d(grid.float(), self.student_side).flatten(1)
+
+
+def map_side(pooled_size: int, channels: int, who: str) -> int:
+    """The side of the square map a pooled vector of `pooled_size` values was flattened from."""
+    side = math.isqrt(pooled_size // channels)
+    if side * side * channels != pooled_size:
+        raise ConfigError(f"resolution: the {who}'s pooled features ({pooled_size} values) are not a square map of "
+                          f"{channels} channels; use target: embedding")
+    return side
+
+
+def check_same_architecture(student: nn.Module, teacher: nn.Module, *, except_keys: frozenset[str] = frozenset()) -> None:
+    """Refuse a student whose parameters differ in name or shape from the teacher's (but `except_keys`' shapes)."""
     s_state, t_state = student.state_dict(), teacher.state_dict()
     missing = sorted(set(t_state) - set(s_state))
     extra = sorted(set(s_state) - set(t_state))
@@ -75,7 +94,7 @@ def check_same_architecture(student: nn.Module, teacher: nn.Module) -> None:
             f"extra {extra[:3]} ({len(missing)} missing, {len(extra)} extra); use the teacher's backbone name and options"
         )
     for key, value in t_state.items():
-        if s_state[key].shape != value.shape:
+        if s_state[key].shape != value.shape and key not in except_keys:
             raise ConfigError(
                 f"resolution: the student must be the teacher's architecture; {key} is {tuple(s_state[key].shape)} "
                 f"in the student, {tuple(value.shape)} in the teacher (use fcn: true and the teacher's options)"
@@ -95,45 +114,61 @@ def flops_report(student: nn.Module, student_size: int, teacher: Teacher) -> dic
     return report
 
 
+def pooled_adapter(student_pooled: int, teacher: Teacher, channels: int) -> PooledMapAdapter:
+    teacher_pooled = probe_features(teacher.network, teacher.input_size)["pooled"].shape[1]
+    adapter = PooledMapAdapter(channels, map_side(teacher_pooled, channels, "teacher"),
+                               map_side(student_pooled, channels, "student"))
+    log.info("resolution: teacher %s is not fully convolutional; its %dx%d pooled map is average-pooled to the "
+             "student's %dx%d (adaptive-pool adapter) for the kd term", teacher.source, adapter.teacher_side,
+             adapter.teacher_side, adapter.student_side, adapter.student_side)
+    return adapter
+
+
 @register_distiller
 class ResolutionDistiller(Distiller):
     name = "resolution"
     # The default mode (kt+kd with the pooled target); `create` narrows it per instance.
     teacher_needs = frozenset({POOLED})
+    teacher_extras = frozenset({"weights"})
 
-    @dataclass
+    @dataclass(frozen=True)
     class Options:
-        mode: str = "kt+kd"  # kt | kd | kt+kd
-        target: str = "pooled"  # pooled | embedding
-        distance: str = "1-cos"  # 1-cos | l2 | normalized_l2 | (1-cos)^2
-        weight: float = 1.0  # weight of the KD term
+        mode: str = option("kt+kd", "kt (init from the teacher), kd (regress its features) or kt+kd (paper's best)",
+                           choices=MODES)
+        target: str = option("pooled", "what kd regresses: pooled (the paper's last pooled features) or embedding",
+                             choices=tuple(TARGETS))
+        distance: str = option("1-cos", "kd distance; the paper's form is unknown, 1-cos is scale-free "
+                               "(1-cos, l2, normalized_l2, (1-cos)^2)", choices=("1-cos", "l2", "normalized_l2", "(1-cos)^2"))
+        weight: float = option(1.0, "weight of the kd term (unknown in the paper; 1)", low=0)
 
     def __init__(self, student: nn.Module, head: nn.Module, teacher: Teacher, *, options: "ResolutionDistiller.Options",
-                 backbone_spec, input_size: int) -> None:
+                 backbone_spec, input_size: int, target_adapter: nn.Module | None = None) -> None:
         # The mode decides what the teacher must give: nothing for kt, one vector for kd.
         self.teacher_needs = frozenset() if options.mode == "kt" else frozenset({TARGETS[options.target]})
         super().__init__(student, teacher, backbone_spec=backbone_spec, input_size=input_size)
         self.head = head
-        self.distance = FeatureDistance(options.distance) if options.mode != "kt" else None
+        self.distance = EmbeddingDistance(options.distance) if options.mode != "kt" else None
         self.target = options.target
+        self.target_adapter = target_adapter or nn.Identity()
         self.weight = options.weight
         self.flops: dict[str, float] = {}
 
     @classmethod
     def create(cls, setup: DistillSetup) -> "ResolutionDistiller":
-        options = parse_options(cls.Options, setup.options, "resolution")
-        if options.mode not in MODES:
-            raise ConfigError(f"resolution.mode: found {options.mode!r}, expected one of {list(MODES)}")
-        if options.target not in TARGETS:
-            raise ConfigError(f"resolution.target: found {options.target!r}, expected one of {sorted(TARGETS)}")
-        if options.weight < 0:
-            raise ConfigError(f"resolution.weight: found {options.weight}, expected a weight >= 0")
-        FeatureDistance(options.distance)  # validates the name before anything is built
+        options = setup.options
         teacher = setup.teacher
         transfer = "kt" in options.mode
-        student = build_backbone(setup.student.name, **setup.student.kwargs)
+        student = build_student(setup)
+        flattening = isinstance(teacher.network, nn.Module) and getattr(teacher.network, "fcn", True) is False
+        if flattening and transfer:
+            raise ConfigError(
+                f"resolution.mode {options.mode!r}: teacher {teacher.source} is not fully convolutional (it flattens "
+                "a fixed map), so its embedding layer cannot take the student's smaller map; use mode kd (its pooled "
+                "features are average-pooled to the student's map) or a teacher trained with fcn: true"
+            )
         if isinstance(teacher.network, nn.Module):
-            check_same_architecture(student, teacher.network)
+            check_same_architecture(student, teacher.network, except_keys=frozenset({"fc.weight"}) if flattening
+                                    else frozenset())
         elif transfer:
             raise ConfigError(
                 f"resolution.mode {options.mode!r}: teacher {teacher.source} is embedding-only, so its weights "
@@ -147,8 +182,11 @@ class ResolutionDistiller(Distiller):
         if "flops_ratio" in flops:
             log.info("resolution: student at %dpx costs %.3f of the teacher's FLOPs at %dpx",
                      setup.student.input_size, flops["flops_ratio"], teacher.input_size)
-        embedding_size = probe_features(student, setup.student.input_size)["embedding"].shape[1]
-        head = MarginClassifier(embedding_size, setup.num_classes, CombinedMargin(*setup.margin))
+        student_features = probe_features(student, setup.student.input_size)
+        head = build_margin_head(setup, student_features["embedding"].shape[1])
+        adapter = None
+        if flattening and options.target == "pooled":
+            adapter = pooled_adapter(student_features["pooled"].shape[1], teacher, student.stage_channels[-1])
         if transfer and teacher.centres is not None:
             if tuple(teacher.centres.shape) == tuple(head.weight.shape):
                 with torch.no_grad():
@@ -160,7 +198,7 @@ class ResolutionDistiller(Distiller):
                             tuple(teacher.centres.shape), tuple(head.weight.shape))
         distiller = cls(student, head, teacher, options=options,
                         backbone_spec=(setup.student.name, dict(setup.student.kwargs)),
-                        input_size=setup.student.input_size)
+                        input_size=setup.student.input_size, target_adapter=adapter)
         distiller.flops = flops
         return distiller
 
@@ -168,7 +206,7 @@ class ResolutionDistiller(Distiller):
         if self.distance is None:
             return {"loss_cls": self.head(self.backbone(images).float(), labels)["loss"]}
         features = self.backbone.forward_features(images)
-        target = teacher.pooled if self.target == "pooled" else teacher.embedding
+        target = self.target_adapter(teacher.pooled) if self.target == "pooled" else teacher.embedding
         return {
             "loss_cls": self.head(features["embedding"].float(), labels)["loss"],
             "loss_kd": self.weight * self.distance(features[self.target], target),

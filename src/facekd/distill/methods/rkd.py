@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import register_distiller
+from facekd.distill.registry import register_distiller
 from facekd.distill.feature_kd import FeatureDistiller, FeatureOptions
+from facekd.distill.options import option
 
 
 def normalized_distances(e: Tensor) -> Tensor:
@@ -46,10 +47,10 @@ class RKDLoss(nn.Module):
         return self.distance_weight * loss_distance + self.angle_weight * loss_angle
 
 
-@dataclass
+@dataclass(frozen=True)
 class RKDOptions(FeatureOptions):
-    distance_weight: float = 25.0
-    angle_weight: float = 50.0
+    distance_weight: float = option(25.0, "weight of the distance-wise term (25, Park et al.)", low=0)
+    angle_weight: float = option(50.0, "weight of the angle-wise term (50, Park et al.)", low=0)
 
 
 @register_distiller

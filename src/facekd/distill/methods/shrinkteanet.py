@@ -32,45 +32,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import (
-    EMBEDDING,
-    STAGES,
-    Distiller,
-    DistillSetup,
-    Teacher,
-    TeacherOutputs,
-    parse_options,
-    register_distiller,
-)
+from facekd.distill.common import EmbeddingDistance, build_margin_head, build_student, probe_features
+from facekd.distill.distiller import Distiller, DistillSetup
+from facekd.distill.options import option
+from facekd.distill.registry import register_distiller
+from facekd.distill.teacher import EMBEDDING, STAGES, Teacher, TeacherOutputs
 from facekd.errors import ConfigError
-from facekd.models import build_backbone
-from facekd.models.heads import CombinedMargin, MarginClassifier
 
 DISTANCES = ("(1-cos)^2", "1-cos", "normalized_l2", "l2")
-
-
-class FeatureDistance(nn.Module):
-    """Batch mean of a per-sample distance between two feature tensors (flattened per sample)."""
-
-    def __init__(self, mode: str = "(1-cos)^2") -> None:
-        super().__init__()
-        if mode not in DISTANCES:
-            raise ConfigError(f"distance: found {mode!r}, expected one of {list(DISTANCES)}")
-        self.mode = mode
-
-    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        student = student.float().flatten(1)
-        teacher = teacher.float().flatten(1)
-        if self.mode == "l2":
-            return (student - teacher).pow(2).sum(1).mean()
-        if self.mode == "normalized_l2":
-            return (F.normalize(student, dim=1) - F.normalize(teacher, dim=1)).pow(2).sum(1).mean()
-        gap = 1.0 - F.cosine_similarity(student, teacher, dim=1)
-        return gap.pow(2).mean() if self.mode == "(1-cos)^2" else gap.mean()
 
 
 def stage_adapter(student_channels: int, teacher_channels: int) -> nn.Sequential:
@@ -79,25 +50,6 @@ def stage_adapter(student_channels: int, teacher_channels: int) -> nn.Sequential
         nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False),
         nn.BatchNorm2d(teacher_channels),
     )
-
-
-def module_device(network: object) -> torch.device:
-    """The device of a module's first parameter; CPU for parameter-less or non-torch networks."""
-    parameters = network.parameters() if isinstance(network, nn.Module) else iter(())
-    parameter = next(parameters, None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-@torch.no_grad()
-def probe_features(network: nn.Module, input_size: int) -> dict:
-    """`forward_features` of a zero batch at `input_size`, in eval mode (the mode is restored)."""
-    was_training = network.training
-    network.eval()
-    try:
-        zeros = torch.zeros(2, 3, input_size, input_size, device=module_device(network))
-        return network.forward_features(zeros)
-    finally:
-        network.train(was_training)
 
 
 def check_stage_sizes(student: list[Tensor], teacher: list[Tensor], stages: tuple[int, ...]) -> None:
@@ -114,14 +66,22 @@ def check_stage_sizes(student: list[Tensor], teacher: list[Tensor], stages: tupl
 class ShrinkTeaNet(Distiller):
     name = "shrinkteanet"
     teacher_needs = frozenset({EMBEDDING})
+    teacher_extras = frozenset({"stage network"})
 
-    @dataclass
+    @dataclass(frozen=True)
     class Options:
-        loss: str = "(1-cos)^2"  # one of DISTANCES
-        lambda_final: float = 1.0  # lambda_4, the weight of the final-embedding term
-        stage_decay: float = 0.5  # lambda_i = lambda_{i+1} * stage_decay
-        stages: tuple = (1, 2, 3)  # stages routed through the teacher; () turns them off
-        l2_scale: float = 0.001  # multiplies every lambda when loss == "l2" (the paper's 0.001)
+        loss: str = option("(1-cos)^2", "distance d: Eq. 4 read as (1-cos)^2 (paper), or 1-cos, normalized_l2, l2",
+                           choices=DISTANCES)
+        lambda_final: float = option(1.0, "lambda_4, the weight of the final-embedding term (1, paper Eq. 7)", low=0)
+        stage_decay: float = option(0.5, "lambda_i = lambda_{i+1} * stage_decay (1/2, paper Eq. 7)", low=0)
+        stages: tuple[int, ...] = option((1, 2, 3), "stages routed through the teacher; [] turns them off "
+                                         "(1, 2, 3: paper)", choices=(1, 2, 3))
+        l2_scale: float = option(0.001, "multiplies every lambda when loss is l2 (0.001, paper)", low=0)
+
+        def problem(self):
+            if len(set(self.stages)) != len(self.stages):
+                return "stages", list(self.stages), "distinct stage numbers among 1, 2, 3"
+            return None
 
     def __init__(
         self,
@@ -139,32 +99,26 @@ class ShrinkTeaNet(Distiller):
         self.head = head
         self.stage_adapters = stage_adapters
         self.final_adapter = final_adapter
-        self.distance = FeatureDistance(options.loss)
+        self.distance = EmbeddingDistance(options.loss)
         scale = options.l2_scale if options.loss == "l2" else 1.0
         self.lambda_final = options.lambda_final * scale
         self.stage_lambdas = {
-            stage: options.lambda_final * scale * options.stage_decay ** (4 - stage) for stage in options.stages
+            stage: options.lambda_final * scale * options.stage_decay ** (4 - stage) for stage in sorted(options.stages)
         }
 
     @classmethod
     def create(cls, setup: DistillSetup) -> "ShrinkTeaNet":
-        options = parse_options(cls.Options, setup.options, "shrinkteanet")
-        stages = tuple(options.stages)
-        valid = all(type(s) is int and 1 <= s <= 3 for s in stages) and len(set(stages)) == len(stages)
-        if not valid:
-            raise ConfigError(f"shrinkteanet.stages: found {list(stages)}, expected distinct stage numbers among 1, 2, 3")
-        options.stages = tuple(sorted(stages))
-        FeatureDistance(options.loss)  # validates the name before anything is built
+        options = setup.options
         teacher = setup.teacher
         teacher.require(EMBEDDING)
-        student = build_backbone(setup.student.name, **setup.student.kwargs)
+        student = build_student(setup)
         student_features = probe_features(student, setup.student.input_size)
         adapters = nn.ModuleDict()
         if options.stages:
             teacher.require(STAGES)
             teacher_features = probe_features(teacher.network, teacher.input_size)
-            check_stage_sizes(student_features["stages"], teacher_features["stages"], options.stages)
-            for stage in options.stages:
+            check_stage_sizes(student_features["stages"], teacher_features["stages"], sorted(options.stages))
+            for stage in sorted(options.stages):
                 adapters[str(stage)] = stage_adapter(
                     student.stage_channels[stage - 1], teacher.stage_channels[stage - 1]
                 )
@@ -173,7 +127,7 @@ class ShrinkTeaNet(Distiller):
         final_adapter = (
             nn.Identity() if student_size == teacher_size else nn.Linear(student_size, teacher_size, bias=False)
         )
-        head = MarginClassifier(student_size, setup.num_classes, CombinedMargin(*setup.margin))
+        head = build_margin_head(setup, student_size)
         return cls(
             student,
             head,

@@ -5,16 +5,11 @@ G = n(E) n(E)^T for student and teacher (B x B cosine matrices), loss = ||G_s - 
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import register_distiller
 from facekd.distill.feature_kd import FeatureDistiller, FeatureOptions
-
-
-def cosine_matrix(e: Tensor) -> Tensor:
-    e = F.normalize(e, dim=1)
-    return e @ e.t()
+from facekd.distill.losses import cosine_matrix
+from facekd.distill.registry import register_distiller
 
 
 class SimilarityPreservingLoss(nn.Module):

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.base import register_distiller
+from facekd.distill.registry import register_distiller
 from facekd.distill.feature_kd import FeatureDistiller, FeatureOptions
+from facekd.distill.options import option
 from facekd.errors import ConfigError
 
 DISTANCES = ("l2", "cos")
@@ -60,11 +61,12 @@ class TripletDistillationLoss(nn.Module):
         return (s[a, p] - s[a, n] + margin).clamp_min(0.0).mean()
 
 
-@dataclass
+@dataclass(frozen=True)
 class TripletOptions(FeatureOptions):
-    distance: str = "l2"
-    margin_max: float = 0.5
-    margin_min: float = 0.2
+    distance: str = option("l2", "pair distance: l2 (squared, unit vectors) or cos (the angle) (l2, MarginDistillation repository)",
+                           choices=DISTANCES)
+    margin_max: float = option(0.5, "margin of the most separated teacher triplet (0.5, MarginDistillation repository)", low=0)
+    margin_min: float = option(0.2, "margin of the least separated teacher triplet (0.2, MarginDistillation repository)", low=0)
 
 
 @register_distiller

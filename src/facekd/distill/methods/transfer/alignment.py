@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from facekd.data.transforms import to_chw_tensor
-from facekd.distill.base import EMBEDDING, POOLED, Distiller, Teacher, TeacherOutputs
 from facekd.distill.celeba_faces import CelebAFaces
+from facekd.distill.distiller import Distiller
+from facekd.distill.teacher import EMBEDDING, POOLED, Teacher, TeacherOutputs
 from facekd.errors import ConfigError
 
 NUM_POINTS = 5
