@@ -147,3 +147,38 @@ def test_a_few_steps_lower_the_loss_and_keep_the_teacher_frozen(tmp_path, mode):
     assert all(p.grad is None for p in teacher.network.parameters())
     for key, value in teacher.network.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_a_non_fcn_teacher_reaches_the_kd_term_through_an_adaptive_pool(tmp_path):
+    # A stock teacher flattens its final map: 4x4 at 64 px; the student, built for 32 px, flattens 2x2.
+    arch = {"width": 0.125, "fcn": False, "num_features": 16, "input_size": 64}
+    torch.manual_seed(0)
+    teacher = Teacher(build_backbone("r18", **arch), input_size=64, centres=torch.randn(NUM_CLASSES, 16))
+    setup = make_setup(tmp_path, teacher, {"mode": "kd", "target": "pooled"}, arch=dict(arch, input_size=32),
+                       student_size=32)
+    distiller = ResolutionDistiller.create(setup)
+    distiller.eval()
+    batch = {"image": torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8), "label": torch.tensor([0, 1, 2]),
+             "index": torch.arange(3), "flipped": torch.zeros(3, dtype=torch.bool)}
+    losses = distiller(batch)
+    with torch.no_grad():
+        full = normalize(batch["image"])
+        channels = teacher.network.stage_channels[-1]
+        grid = teacher.network.forward_features(full)["pooled"].view(3, channels, 4, 4)
+        # Each student cell is the mean of the 2x2 block of teacher cells it covers.
+        p_t = torch.stack([grid[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(dim=(2, 3))
+                           for i in range(2) for j in range(2)], dim=2).flatten(1)
+        p_s = distiller.backbone.forward_features(resize(full, 32))["pooled"]
+        cos = (p_s * p_t).sum(1) / (p_s.norm(dim=1) * p_t.norm(dim=1))
+    assert p_s.shape == p_t.shape == (3, channels * 4)
+    assert losses["loss_kd"].item() == pytest.approx((1 - cos).mean().item(), rel=1e-5)
+
+
+def test_kt_from_a_non_fcn_teacher_is_refused_in_one_line(tmp_path):
+    arch = {"width": 0.125, "fcn": False, "num_features": 16, "input_size": 64}
+    teacher = Teacher(build_backbone("r18", **arch), input_size=64, centres=torch.randn(NUM_CLASSES, 16))
+    for mode in ("kt", "kt+kd"):
+        with pytest.raises(ConfigError, match="not fully convolutional") as error:
+            ResolutionDistiller.create(make_setup(tmp_path, teacher, {"mode": mode}, arch=dict(arch, input_size=32),
+                                                  student_size=32))
+        assert "\n" not in str(error.value) and "mode kd" in str(error.value)

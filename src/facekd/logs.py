@@ -19,13 +19,25 @@ CONSOLE = "facekd-console"
 LOG_NAME = "train.log"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (callers and tests may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_console(level: int = logging.INFO) -> None:
     """Send facekd's records at `level` and above to stderr (once, however often it is called)."""
     logger = logging.getLogger(ROOT)
     logger.setLevel(logging.DEBUG)
     if any(handler.get_name() == CONSOLE for handler in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.set_name(CONSOLE)
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("[facekd] %(message)s"))
