@@ -180,3 +180,24 @@ def test_a_missing_teacher_names_the_flag_not_a_temporary_file(tiny_run, tmp_pat
     assert main(args) == 2
     error = capsys.readouterr().err
     assert "facekd distill flags" in error and "nope.pt" in error and "flags.yaml" not in error
+
+
+def test_no_code_outside_the_methods_names_a_method():
+    names = set(available_methods())
+    for path in SRC.rglob("*.py"):
+        if METHODS_DIR in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value not in names, f"{path.relative_to(SRC)} names method {node.value!r}"
+
+
+def test_ijb_protocols_come_from_the_registry(tmp_path):
+    from facekd.evaluate.runner import IJB_PROTOCOLS, Evaluation
+
+    assert sorted(IJB_PROTOCOLS.names()) == ["1n", "1v1"]
+    evaluation = Evaluation(out=tmp_path, name="x", model=None, embeddings_path=None, device=torch.device("cpu"),
+                            input_size=None, batch_size=1, nfolds=10, progress=False, norm_score=True,
+                            detector_score=True, flip_test=True)
+    with pytest.raises(ConfigError, match="IJB protocol: found '1x1', expected one of 1v1, 1n"):
+        evaluation.ijb(tmp_path, "IJBC", ["1x1"])

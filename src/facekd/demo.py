@@ -12,6 +12,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ from facekd.evaluate.runner import ImagesOf
 from facekd.fileio import atomic_write_bytes, atomic_write_text
 from facekd.models.loading import load_backbone
 from facekd.train.build import build_classification_task, open_train_samples
-from facekd.train.config import ExperimentConfig, from_dict
+from facekd.train.config import ExperimentConfig, from_dict, load_yaml
 from facekd.train.distributed import World
 from facekd.train.engine import Trainer, seed_everything
 
+STUDENTS_PRESET = "demo_students.yaml"
 PAIR_FARS = (1e-2, 1e-1)  # 3,000 pairs have 1,500 impostors: lower FARs would rest on one pair
 
 
@@ -72,6 +74,11 @@ class DemoPlan:
     students: tuple[StudentRun, ...]
 
 
+def preset_students() -> list[dict[str, Any]]:
+    """The demo's student runs, from the packaged preset (facekd/presets/demo_students.yaml)."""
+    return load_yaml(resources.files("facekd").joinpath("presets", STUDENTS_PRESET).read_text())
+
+
 def demo_plan(quick: bool) -> DemoPlan:
     """The default plan finishes in about 14 minutes on 2 CPU cores, `quick` in under 3.
 
@@ -82,15 +89,9 @@ def demo_plan(quick: bool) -> DemoPlan:
     teacher = Network("r18", {"width": 0.25, **embedding}, 40)
     small = Network("r18", {"width": 0.125, **embedding}, 40)  # half the teacher's width
     low_res = Network("r18", {"width": 0.25, **embedding}, 28)  # the teacher's network at 28 px
-    students = [
-        StudentRun("baseline", "baseline", small),
-        StudentRun("baseline (28 px)", "baseline_28px", low_res),
-        StudentRun("resolution (kt+kd, 28 px)", "resolution", low_res, "resolution", {"mode": "kt+kd"}),
-        StudentRun("transfer", "transfer", small, "transfer"),
-        StudentRun("neurons", "neurons", small, "neurons"),
-        StudentRun("shrinkteanet", "shrinkteanet", small, "shrinkteanet"),
-        StudentRun("margin", "margin", small, "margin"),
-    ]
+    networks = {"small": small, "low_res": low_res}
+    students = [StudentRun(run["name"], run["folder"], networks[run["network"]], run.get("method", ""),
+                           run.get("options", {})) for run in preset_students()]
     if quick:
         synth = SynthConfig(identities=100, images_per_identity=20, verify_identities=200, verify_pairs=1000,
                             gallery_identities=100, probes_per_identity=2, distractors=200,

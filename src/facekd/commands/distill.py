@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "distil a student from a frozen teacher (--method resolution|transfer|neurons|shrinkteanet|margin|...)"
+HELP = "distil a student from a frozen teacher with one of facekd's methods (see --list-methods)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 HELP = "evaluate a model or saved embeddings: .bin pairs, IJB-B/C 1:1 and 1:N, RecordIO 1:N identification"
-PROTOCOLS = {"1v1": ("1v1",), "1n": ("1n",), "both": ("1v1", "1n")}
+PROTOCOLS = {"1v1": ("1v1",), "1n": ("1n",), "both": ("1v1", "1n")}  # names in evaluate.runner.IJB_PROTOCOLS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,8 +19,9 @@ from facekd.errors import ConfigError, DataError
 from facekd.evaluate import identification, ijb, ijb_1n, report, verification
 from facekd.evaluate.embed import embed_images, evaluate_bin
 from facekd.fileio import atomic_open
+from facekd.registry import Registry
 
-IJB_PROTOCOLS = ("1v1", "1n")
+IJB_PROTOCOLS: Registry[type] = Registry("IJB protocol")
 
 
 @dataclass
@@ -29,6 +30,45 @@ class IJBResults:
 
     verification: ijb.IJBResult | None = None
     identification: identification.IdentificationResult | None = None
+
+
+@IJB_PROTOCOLS.register("1v1")
+class IJBVerification:
+    """1:1 template verification: TAR@FAR, the score file and the ROC."""
+
+    needs_pairs = True
+
+    def __init__(self, root: Path, meta: ijb.IJBMeta) -> None:
+        self.meta = meta
+
+    def score(self, evaluation: "Evaluation", target: str, features: np.ndarray, results: IJBResults) -> None:
+        result = ijb.evaluate_ijb(features, self.meta, **evaluation.ijb_switches)
+        results.verification = result
+        with atomic_open(evaluation.out / f"{target.lower()}.npy", "wb") as handle:
+            np.save(handle, result.scores)
+        table = "  ".join(f"{far:.0e}: {100 * tar:.2f}" for far, tar in result.tar_at_far.items())
+        print(f"[{target}] TAR@FAR  {table}")
+        evaluation.write_report(target.lower(), f"{target} 1:1 verification", report.ijb_summary(result),
+                           report.ijb_curve(result), report.IJB_AXES)
+
+
+@IJB_PROTOCOLS.register("1n")
+class IJBIdentification:
+    """1:N identification of the mixed probes against the gallery files: rank-k and TPIR@FPIR."""
+
+    needs_pairs = False
+
+    def __init__(self, root: Path, meta: ijb.IJBMeta) -> None:
+        self.meta = meta
+        self.protocol = ijb_1n.read_ijb_1n_protocol(root, meta)
+
+    def score(self, evaluation: "Evaluation", target: str, features: np.ndarray, results: IJBResults) -> None:
+        result = ijb_1n.evaluate_ijb_1n(features, self.meta, self.protocol, **evaluation.ijb_switches)
+        results.identification = result
+        evaluation.print_identification(f"{target} 1:N", result)
+        evaluation.write_report(f"{target.lower()}_1n", f"{target} 1:N identification",
+                           report.ijb_identification_summary(target, result),
+                           report.identification_curve(result), report.IDENTIFICATION_AXES)
 
 
 class ImagesOf:
@@ -60,6 +100,10 @@ class Evaluation:
     norm_score: bool
     detector_score: bool
     flip_test: bool
+
+    @property
+    def ijb_switches(self) -> dict[str, bool]:
+        return {"use_norm_score": self.norm_score, "use_detector_score": self.detector_score}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Evaluation:
@@ -94,38 +138,25 @@ class Evaluation:
         xnorm = "" if result.xnorm is None else f"  XNorm {result.xnorm:.5f}"
         print(f"[{stem}] Accuracy-Flip: {result.accuracy:.5f}+-{result.std:.5f}{xnorm}  "
               f"VAL@FAR=1e-3: {result.val:.5f}+-{result.val_std:.5f}")
-        self._report(stem, f"{stem} verification", report.verification_summary(result),
+        self.write_report(stem, f"{stem} verification", report.verification_summary(result),
                      report.verification_curve(result), report.VERIFICATION_AXES)
         return result
 
     def ijb(self, root: Path, target: str, protocols: Sequence[str] = ("1v1",)) -> IJBResults:
-        """IJB 1:1 verification and/or 1:N identification ("1v1", "1n") from one embedding pass."""
-        unknown = sorted(set(protocols) - set(IJB_PROTOCOLS))
-        if unknown or not protocols:
-            raise ConfigError(f"IJB protocols: found {list(protocols)}, expected some of {list(IJB_PROTOCOLS)}")
-        meta = ijb.read_ijb_meta(root, target, with_pairs="1v1" in protocols)
-        # Read the 1:N files before the (long) embedding pass, so a bad CSV fails at once.
-        protocol_1n = ijb_1n.read_ijb_1n_protocol(root, meta) if "1n" in protocols else None
+        """IJB protocols (`IJB_PROTOCOLS`: "1v1" verification, "1n" identification) from one embedding pass."""
+        if not protocols:
+            raise ConfigError(f"IJB protocols: none given, expected some of {', '.join(IJB_PROTOCOLS.names())}")
+        kinds = [IJB_PROTOCOLS.get(name) for name in protocols]
+        meta = ijb.read_ijb_meta(root, target, with_pairs=any(kind.needs_pairs for kind in kinds))
+        # Each protocol reads its files before the (long) embedding pass, so a bad CSV fails at once.
+        prepared = [kind(root, meta) for kind in kinds]
         if self.model is not None:
             features = self._embed(ijb.AlignedIJBImages(meta), flip=self.flip_test)
         else:
             features = self._saved_embeddings()
-        switches = {"use_norm_score": self.norm_score, "use_detector_score": self.detector_score}
         results = IJBResults()
-        if "1v1" in protocols:
-            results.verification = ijb.evaluate_ijb(features, meta, **switches)
-            with atomic_open(self.out / f"{target.lower()}.npy", "wb") as handle:
-                np.save(handle, results.verification.scores)
-            table = "  ".join(f"{far:.0e}: {100 * tar:.2f}" for far, tar in results.verification.tar_at_far.items())
-            print(f"[{target}] TAR@FAR  {table}")
-            self._report(target.lower(), f"{target} 1:1 verification", report.ijb_summary(results.verification),
-                         report.ijb_curve(results.verification), report.IJB_AXES)
-        if protocol_1n is not None:
-            results.identification = ijb_1n.evaluate_ijb_1n(features, meta, protocol_1n, **switches)
-            self._print_identification(f"{target} 1:N", results.identification)
-            self._report(f"{target.lower()}_1n", f"{target} 1:N identification",
-                         report.ijb_identification_summary(target, results.identification),
-                         report.identification_curve(results.identification), report.IDENTIFICATION_AXES)
+        for protocol in prepared:
+            protocol.score(self, target, features, results)
         return results
 
     def identification(self, folder: Path) -> identification.IdentificationResult:
@@ -140,13 +171,13 @@ class Evaluation:
         if (folder / "distractors").exists():
             distractors = self._embed(ImagesOf(RecordIODataset(folder / "distractors")))
         result = identification.identify(probes, probe_set.labels, gallery, gallery_ids, distractor_feats=distractors)
-        self._print_identification(folder.name, result)
-        self._report("identification", "1:N identification", report.identification_summary(result),
+        self.print_identification(folder.name, result)
+        self.write_report("identification", "1:N identification", report.identification_summary(result),
                      report.identification_curve(result), report.IDENTIFICATION_AXES)
         return result
 
     @staticmethod
-    def _print_identification(label: str, result: identification.IdentificationResult) -> None:
+    def print_identification(label: str, result: identification.IdentificationResult) -> None:
         ranks = "  ".join(f"rank-{k}: {100 * rate:.2f}" for k, rate in result.rank_rates.items())
         tpir = "  ".join(f"TPIR@FPIR={f:g}: {100 * t:.2f}" for f, t in result.tpir_at_fpir.items())
         print(f"[{label}] {ranks}  {tpir}")
@@ -165,7 +196,7 @@ class Evaluation:
         except ValueError as exc:
             raise DataError(f"{self.embeddings_path}: not a plain .npy array ({exc})") from None
 
-    def _report(self, stem, title, summary, curve, axes) -> None:
+    def write_report(self, stem, title, summary, curve, axes) -> None:
         paths = report.write_report(self.out, stem, title=title, model=self.name, summary=summary,
                                     curve=curve, axes=axes)
         print(f"  wrote {', '.join(os.fspath(p) for p in paths.values())}")
