@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--set distill.options.lam=0.5 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a previous run")
+    parser.add_argument("--skip-bad", action="store_true", help="drop RecordIO records that fail to read (data.skip_bad)")
     parser.add_argument("--list-methods", action="store_true",
                         help="print each method, what it needs from the teacher and its options, and exit")
 
@@ -48,6 +49,8 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"data.val_bins=[{', '.join(args.val)}]")
     if args.resume:
         overrides.append("train.resume=true")
+    if args.skip_bad:
+        overrides.append("data.skip_bad=true")
     return overrides + list(args.overrides)
 
 

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (overrides train.out)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a previous run")
+    parser.add_argument("--skip-bad", action="store_true", help="drop RecordIO records that fail to read (data.skip_bad)")
 
 
 def train(config, world):
@@ -72,4 +73,6 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.out={args.out}")
     if args.resume:
         overrides.append("train.resume=true")
+    if args.skip_bad:
+        overrides.append("data.skip_bad=true")
     return run_in_folder(load_config(args.config, overrides), args, train)

@@ -147,6 +147,8 @@ def read_identities(path: str | os.PathLike) -> Identities:
     """Read `identity_CelebA.txt`."""
     path = Path(path)
     table = _table(path, _read_lines(path), ["identity"])
+    if not table.names:
+        raise DataError(f"{path}: no entries, expected lines 'image identity'")
     bad = ~np.char.isdigit(table.cells) | (np.char.str_len(table.cells) > MAX_ID_DIGITS)
     if bad.any():
         table.refuse(bad, f"a non-negative integer of at most {MAX_ID_DIGITS} digits")

@@ -193,7 +193,7 @@ class RecordIODataset:
         if scan.problems and not skip_bad:
             first = min(scan.problems)
             raise DataError(
-                f"{scan.problems[first]} ({len(scan.problems)} bad record(s) in total; skip_bad=True drops them)"
+                f"{scan.problems[first]} ({len(scan.problems)} bad record(s) in total; data.skip_bad: true or --skip-bad drops them)"
             )
         for position in sorted(scan.problems):
             log.warning("skipping bad record: %s", scan.problems[position])

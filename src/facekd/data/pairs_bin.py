@@ -165,6 +165,8 @@ def load_pairs_bin(path: str | os.PathLike) -> tuple[EncodedImages, np.ndarray]:
             f"{path}: found ({type(bins).__name__}, {type(issame_list).__name__}), expected (list, list)"
         )
     encoded = [_as_bytes(item, path, index) for index, item in enumerate(bins)]
+    if not encoded:
+        raise DataError(f"{path}: no images, expected two encoded images per pair")
     if len(encoded) % 2:
         raise DataError(f"{path}: {len(encoded)} images, expected an even number (two per pair)")
     issame = np.asarray(issame_list)

@@ -136,6 +136,9 @@ def read_ijb_meta(root: str | os.PathLike, target: str = "IJBC", *, with_pairs: 
 
 def _load_columns(path: Path, expected_columns: int, usecols: list[int], dtype) -> np.ndarray:
     """Columns of a space-separated, header-less text file, with one-line errors on bad rows."""
+    with open(path, "rb") as handle:
+        if not any(line.strip() for line in handle):
+            raise DataError(f"{path}: no rows, expected lines of {expected_columns} space-separated columns")
     try:
         data = np.loadtxt(path, dtype=dtype, usecols=usecols, ndmin=2, comments=None)
     except ValueError as exc:

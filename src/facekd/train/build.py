@@ -35,7 +35,10 @@ def open_face_dataset(data: DataConfig) -> FaceDataset:
         raise ConfigError("data.train: empty, expected a RecordIO folder, an image folder or a list file")
     kind = data_format(data)
     if kind == "rec":
-        return RecordIODataset(data.train)
+        return RecordIODataset(data.train, skip_bad=data.skip_bad)
+    if data.skip_bad:
+        raise ConfigError(f"data.skip_bad: true, but {data.train} is an image {kind}; only RecordIO data can skip "
+                          "bad records, remove or fix the bad images instead")
     if kind == "folder":
         return ImageFolderDataset(data.train)
     return ListFileDataset(data.train)

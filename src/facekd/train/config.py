@@ -34,6 +34,7 @@ class DataConfig:
     format: str = "auto"  # auto | rec | folder | list
     val_bins: list[str] = field(default_factory=list, metadata=PATH)
     val_batch_size: int = 128
+    skip_bad: bool = False  # RecordIO: drop records that fail to frame or decode (counted, logged) instead of stopping
 
 
 @dataclass
@@ -123,7 +124,7 @@ CHOICES = {
     ("schedule", "kind"): ("poly", "multistep", "cosine"),
     ("train", "amp"): ("auto", "off", "bf16", "fp16"),
 }
-NON_NEGATIVE = {("train", "batch_size"), ("train", "balanced_identities"), ("optim", "lr")}
+NON_NEGATIVE = {("train", "batch_size"), ("train", "balanced_identities"), ("optim", "lr"), ("train", "workers")}
 POSITIVE = {("train", "epochs"), ("train", "grad_accum"),
             ("train", "log_interval"), ("model", "input_size"), ("data", "val_batch_size")}
 

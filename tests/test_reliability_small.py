@@ -1,0 +1,77 @@
+"""Issue-14 small holes: workers >= 0, data.skip_bad reaching the reader, empty inputs named by file."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from facekd.cli import main
+from facekd.data import load_pairs_bin
+from facekd.data.celeba import read_identities
+from facekd.data.face_rec import write_face_rec
+from facekd.errors import ConfigError, DataError
+from facekd.evaluate.ijb import read_ijb_meta
+from facekd.train.build import open_face_dataset
+from facekd.train.config import DataConfig, load_config
+
+
+def test_negative_workers_are_refused_at_load(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {workers: -1}\n")
+    with pytest.raises(ConfigError, match=r"train.workers is -1, expected 0 or more"):
+        load_config(path, check_paths=False)
+
+
+def _corrupt_rec(tmp_path):
+    rng = np.random.default_rng(0)
+    write_face_rec(tmp_path / "train", [(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), k // 3) for k in range(6)])
+    rec = tmp_path / "train" / "train.rec"
+    data = bytearray(rec.read_bytes())
+    data[-40:-30] = b"\xff" * 10  # break the last record's framing or image bytes
+    rec.write_bytes(bytes(data))
+    return tmp_path / "train"
+
+
+def test_skip_bad_reaches_the_reader_and_only_applies_to_recordio(tmp_path):
+    folder = _corrupt_rec(tmp_path)
+    strict = DataConfig(train=str(folder))
+    lenient = DataConfig(train=str(folder), skip_bad=True)
+    try:
+        dataset = open_face_dataset(strict)
+        with pytest.raises(DataError):
+            [dataset[i] for i in range(len(dataset))]
+    except DataError as error:
+        assert "data.skip_bad" in str(error)
+    dataset = open_face_dataset(lenient)
+    assert dataset.skip_bad and all(dataset[i][0].shape == (16, 16, 3) for i in range(len(dataset)))
+    images = tmp_path / "images" / "a"
+    images.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="only RecordIO data can skip"):
+        open_face_dataset(DataConfig(train=str(tmp_path / "images"), skip_bad=True))
+
+
+def test_skip_bad_flag_sets_the_config_key(tmp_path, capsys):
+    # --skip-bad turns into data.skip_bad; an image folder then refuses it in one line, naming the key.
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    assert main(["train", "--config", "configs/train/synth_teacher.yaml", "--skip-bad", "--out", str(tmp_path / "o"),
+                 "--set", f"data.train={tmp_path / 'images'}", "--set", "data.val_bins=[]"]) == 2
+    assert "data.skip_bad: true" in capsys.readouterr().err
+
+
+def test_empty_inputs_are_named_by_file(tmp_path):
+    empty_bin = tmp_path / "e.bin"
+    empty_bin.write_bytes(pickle.dumps(([], []), protocol=4))
+    with pytest.raises(DataError, match=r"e\.bin: no images"):
+        load_pairs_bin(empty_bin)
+    identities = tmp_path / "identity_CelebA.txt"
+    identities.write_text("")
+    with pytest.raises(DataError, match=r"identity_CelebA\.txt: no entries"):
+        read_identities(identities)
+    meta = tmp_path / "IJBC" / "meta"
+    meta.mkdir(parents=True)
+    for name in ("ijbc_face_tid_mid.txt", "ijbc_template_pair_label.txt", "ijbc_name_5pts_score.txt"):
+        (meta / name).write_text("")
+    with pytest.raises(DataError, match=r"ijbc_\w+\.txt: no rows, expected lines of \d space-separated columns"):
+        read_ijb_meta(tmp_path, "IJBC")
