@@ -12,13 +12,15 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from facekd.errors import StorageError
+from facekd.errors import DataError, StorageError
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TMP_SUFFIX = ".tmp"
+PAUSE_VARIABLE = "FACEKD_TEST_PAUSE_BEFORE_RENAME"
 
 
 @contextlib.contextmanager
@@ -45,11 +47,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
+            _pause_for_kill_tests(path)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _pause_for_kill_tests(path: Path) -> None:
+    """Test hook (docs/reliability.md): with FACEKD_TEST_PAUSE_BEFORE_RENAME=NAME, a write of file NAME
+    (with NAME+, only one that replaces an existing NAME) stops between its complete temporary file
+    and the rename, announcing it with `<path>.paused`, so a test can SIGKILL the process mid-write."""
+    wanted = os.environ.get(PAUSE_VARIABLE, "")
+    if wanted in (path.name, path.name + "+") and (not wanted.endswith("+") or path.exists()):
+        path.with_name(path.name + ".paused").touch()
+        time.sleep(3600)
 
 
 @contextlib.contextmanager
@@ -93,6 +106,19 @@ def remove_orphan_temporaries(folder: str | os.PathLike) -> list[Path]:
         with contextlib.suppress(FileNotFoundError):
             orphan.unlink()
     return orphans
+
+
+def read_utf8(path: str | os.PathLike, expected: str, error: type[Exception] = DataError) -> str:
+    """A text file's contents; a missing file or a non-UTF-8 byte is one `error` line naming the file
+    (and the line), and saying what was `expected`."""
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found, expected {expected}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8, expected {expected}") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

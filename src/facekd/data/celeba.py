@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.errors import DataError
-from facekd.fileio import atomic_write_text
+from facekd.fileio import atomic_write_text, read_utf8
 
 LANDMARK_COLUMNS = (
     "lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
@@ -56,13 +56,7 @@ class Identities:
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, text) of the non-empty lines."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8, expected a text file") from None
+    text = read_utf8(path, "a text file")
     return [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from facekd.data.codec import decode_image
 from facekd.errors import DataError
+from facekd.fileio import read_utf8
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -73,10 +74,7 @@ class ListFileDataset(_ImageFiles):
                  transform: Callable | None = None):
         list_path = Path(list_path)
         base = Path(root) if root is not None else list_path.parent
-        try:
-            lines = list_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise DataError(f"{list_path}: file not found, expected lines 'path label'") from None
+        lines = read_utf8(list_path, "lines 'path label'").splitlines()
         paths: list[Path] = []
         labels: list[int] = []
         numbers: list[int] = []

@@ -195,7 +195,10 @@ class IndexedRecordFile:
         self._rec_name = str(self.rec_path)
         if not self.rec_path.is_file():
             raise DataError(f"{self.rec_path}: file not found, expected a RecordIO .rec file")
-        self.keys, self.offsets = index if index is not None else read_idx(self.idx_path)
+        keys, offsets = index if index is not None else read_idx(self.idx_path)
+        # Records in key order, whatever the order of the .idx lines (writers emit them sorted).
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.offsets = keys[order], offsets[order]
         self.file_size = self.rec_path.stat().st_size
         self.framing = self._detect_framing()
         self._extents = self._record_extents()

@@ -22,6 +22,7 @@ _BOOL_TAG = "tag:yaml.org,2002:bool"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 
 from facekd.errors import ConfigError
+from facekd.fileio import read_utf8
 
 PATH = {"path": True}  # field metadata: the value names a file or folder that must exist
 
@@ -157,8 +158,9 @@ def load_config(path: str | Path, overrides: list[str] = (), schema: type[Config
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    text = read_utf8(path, "a UTF-8 YAML file", ConfigError)
     try:
-        raw = load_yaml(path.read_text()) or {}
+        raw = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         problem = str(exc).replace("\n", " ")
         raise ConfigError(f"{path}: not valid YAML: {problem}") from exc
