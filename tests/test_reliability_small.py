@@ -75,3 +75,36 @@ def test_empty_inputs_are_named_by_file(tmp_path):
         (meta / name).write_text("")
     with pytest.raises(DataError, match=r"ijbc_\w+\.txt: no rows, expected lines of \d space-separated columns"):
         read_ijb_meta(tmp_path, "IJBC")
+
+
+def test_profile_rejects_an_unknown_architecture_before_any_timing(monkeypatch, capsys):
+    import facekd.deploy.profile as profile
+
+    timed = []
+    monkeypatch.setattr(profile, "profile_model", lambda *args, **kwargs: timed.append(args))
+    assert main(["profile", "--arch", "r999", "--fast"]) == 2
+    assert "r999" in capsys.readouterr().err and timed == []  # not even the r100 reference was timed
+
+
+def test_a_jpeg_header_asking_for_gigapixels_is_refused_before_decoding():
+    from facekd.data.codec import decode_image, encode_jpeg
+
+    data = bytearray(encode_jpeg(np.zeros((12, 12, 3), dtype=np.uint8)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = b"\xfd\xa0\xb1\x0c"  # height 64928, width 45324: 2.9 gigapixels (found by fuzzing)
+    with pytest.raises(DataError, match="45324x64928 pixels"):
+        decode_image(bytes(data), "train.rec record 8")
+
+
+def test_fuzz_finds_stay_fixed(tmp_path):
+    from facekd.data.folders import ListFileDataset
+    from facekd.distill.config import DistillExperimentConfig
+
+    config = tmp_path / "c.yaml"
+    config.write_text("distill: {method: margin, options: {0.5: 1}}\n")  # a number as an option name
+    with pytest.raises(ConfigError, match="margin has no option.s. 0.5"):
+        load_config(config, schema=DistillExperimentConfig, check_paths=False)
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"a/0.jpg 0\na/\x001.jpg 0\n")
+    with pytest.raises(DataError, match=r"list.txt:2: the path holds a NUL byte"):
+        ListFileDataset(listing)

@@ -40,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     )
     source = ModelSource.from_args(args.model, args.arch, fcn=args.fcn, width=args.width)
     reference_source = ModelSource.from_args(args.reference, None if args.reference else args.reference_arch)
+    # Build (and so validate) every model before any timing: a bad name or file fails at once.
+    models = [(source.build(size), size) for size in args.resolution]
     reference = profile_model(reference_source.build(112), reference_source.label, 112, settings)
-    profiles = [profile_model(source.build(size), source.label, size, settings) for size in args.resolution]
+    profiles = [profile_model(model, source.label, size, settings) for model, size in models]
     print(markdown_table([reference, *profiles], reference), end="")
     if args.json:
         document = {

@@ -13,6 +13,8 @@ import simplejpeg
 from facekd.errors import DataError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+# A 50-megapixel photo decodes to 150 MB; a corrupt header asking for more is refused before decoding.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 def decode_image(data: bytes | memoryview, source: str) -> np.ndarray:
@@ -25,6 +27,10 @@ def decode_image(data: bytes | memoryview, source: str) -> np.ndarray:
         raise DataError(f"{source}: empty image payload, expected encoded image bytes")
     if data.startswith(JPEG_MAGIC):
         try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            if height * width > MAX_IMAGE_PIXELS:
+                raise DataError(f"{source}: JPEG header declares {width}x{height} pixels ({len(data)} bytes), "
+                                f"expected at most {MAX_IMAGE_PIXELS:,} pixels (a corrupt header?)")
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except ValueError as exc:
             raise DataError(f"{source}: corrupt JPEG ({len(data)} bytes): {exc}") from None

@@ -88,6 +88,8 @@ class ListFileDataset(_ImageFiles):
                 labels.append(int(fields[1]))
             except ValueError:
                 raise DataError(f"{list_path}:{number}: found {line!r}, expected 'path label' with label >= 0") from None
+            if "\0" in fields[0]:
+                raise DataError(f"{list_path}:{number}: the path holds a NUL byte, expected a file name")
             paths.append(base / fields[0].strip())
             numbers.append(number)
         if not paths:

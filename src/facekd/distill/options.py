@@ -58,7 +58,7 @@ def parse_options(options_type: type, values: dict[str, Any] | None, method: str
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(options_type)}
     hints = typing.get_type_hints(options_type)
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(map(str, set(values) - set(fields)))
     if unknown:
         raise ConfigError(f"distill.options: {method} has no option(s) {', '.join(unknown)}; "
                           f"expected some of {', '.join(fields) or '(none)'}")

@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from facekd.errors import CheckpointError
-from facekd.fileio import atomic_open
+from facekd.fileio import atomic_open, atomic_write_text, read_utf8
 from facekd.models.backbone import Backbone, backbone_spec, build_backbone
 from facekd.models.manifest import best_fit, build_manifest, compare, head_options, manifest_of
 from facekd.models.registry import BACKBONES
 
 DDP_PREFIX = "module."
+SIDECAR_FIELDS = ("architecture", "kwargs")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """`backbone.json` beside `backbone.pth`: what facekd writes so the weights describe themselves."""
+    return Path(path).with_suffix(".json")
+
+
+def read_sidecar(path: str | os.PathLike) -> tuple[str, dict[str, Any]] | None:
+    """(architecture, kwargs) from the side-car of a weights file, or None when there is none."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        content = json.loads(read_utf8(sidecar, "facekd's backbone side-car JSON", CheckpointError))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{sidecar}: not JSON ({exc.msg} at line {exc.lineno}); expected facekd's "
+                              "backbone side-car, or delete it to recognise the weights by their keys") from None
+    if not isinstance(content, dict) or not isinstance(content.get("architecture"), str) \
+            or not isinstance(content.get("kwargs"), dict):
+        raise CheckpointError(f"{sidecar}: expected {{\"architecture\": name, \"kwargs\": {{...}}}}, found {content!r:.200}")
+    return content["architecture"], dict(content["kwargs"])
 
 
 def read_weights_file(path: str | os.PathLike) -> Any:
@@ -82,6 +106,10 @@ def load_backbone(path: str | os.PathLike, name: str | None = None, **kwargs: An
         name = stored
         kwargs = {**dict(content.get("backbone_kwargs") or {}), **kwargs}
         state_dict = _plain_state_dict(path, content["backbone"])
+    elif (described := read_sidecar(path)) is not None and name in (None, described[0]):
+        name = described[0]
+        kwargs = {**described[1], **kwargs}
+        state_dict = _plain_state_dict(path, content)
     else:
         state_dict = _plain_state_dict(path, content)
         found = manifest_of(state_dict)
@@ -132,11 +160,18 @@ def _check_fits(path: str | os.PathLike, state_dict: Mapping[str, Tensor], name:
 
 
 def save_backbone(path: str | os.PathLike, model: nn.Module) -> None:
-    """Write the backbone's state_dict as an insightface-style `backbone.pth`, atomically."""
+    """Write the backbone's state_dict as an insightface-style `backbone.pth`, atomically, and its
+    side-car `backbone.json` (architecture, kwargs with the input size, embedding size)."""
     model = getattr(model, "module", model)  # unwrap DDP so keys carry no `module.` prefix
     state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     with atomic_open(path, "wb") as handle:
         torch.save(state_dict, handle)
+    if getattr(model, "spec", None) is None:  # not built by build_backbone: nothing to describe
+        return
+    name, kwargs = backbone_spec(model)
+    sidecar = {"architecture": name, "kwargs": kwargs, "input_size": kwargs.get("input_size"),
+               "embedding_size": kwargs.get("num_features"), "weights": Path(path).name}
+    atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1) + "\n")
 
 
 def checkpoint_fields(model: nn.Module) -> dict[str, Any]:

@@ -1,0 +1,64 @@
+"""Every backbone.pth facekd writes describes itself (backbone.json): eval and export load a
+non-default student (width 1/8, 128-d, 56 px) without flags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facekd.cli import main
+from facekd.data.codec import encode_jpeg
+from facekd.data.pairs_bin import write_pairs_bin
+from facekd.errors import CheckpointError
+from facekd.models import build_backbone
+from facekd.models.backbone import backbone_spec
+from facekd.models.loading import load_backbone, save_backbone, sidecar_path
+
+KWARGS = {"width": 0.125, "num_features": 128, "input_size": 56}
+
+
+@pytest.fixture
+def student(tmp_path):
+    torch.manual_seed(0)
+    model = build_backbone("r18", **KWARGS)
+    path = tmp_path / "backbone.pth"
+    save_backbone(path, model)
+    return model, path
+
+
+def test_the_sidecar_records_what_rebuilds_the_backbone(student):
+    model, path = student
+    sidecar = json.loads(sidecar_path(path).read_text())
+    assert sidecar["architecture"] == "r18" and sidecar["input_size"] == 56 and sidecar["embedding_size"] == 128
+    loaded = load_backbone(path)
+    assert backbone_spec(loaded) == backbone_spec(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_without_the_sidecar_the_keys_alone_cannot_tell(student):
+    _, path = student
+    sidecar_path(path).unlink()
+    with pytest.raises(CheckpointError, match="pass the name and options"):
+        load_backbone(path)
+
+
+def test_a_broken_sidecar_is_one_line(student):
+    _, path = student
+    sidecar_path(path).write_text("{not json")
+    with pytest.raises(CheckpointError, match="backbone.json: not JSON"):
+        load_backbone(path)
+
+
+def test_eval_and_export_take_the_student_without_flags(student, tmp_path):
+    _, path = student
+    rng = np.random.default_rng(0)
+    images = [encode_jpeg(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(40)]
+    write_pairs_bin(tmp_path / "pairs.bin", images, [k % 2 == 0 for k in range(20)])
+    assert main(["eval", "--model", str(path), "--bin", str(tmp_path / "pairs.bin"), "--out", str(tmp_path / "eval"),
+                 "--no-progress"]) == 0
+    assert main(["export", str(path), "--onnx", str(tmp_path / "student.onnx")]) == 0
+    assert (tmp_path / "student.onnx").stat().st_size > 0
