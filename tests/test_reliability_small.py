@@ -108,3 +108,13 @@ def test_fuzz_finds_stay_fixed(tmp_path):
     listing.write_bytes(b"a/0.jpg 0\na/\x001.jpg 0\n")
     with pytest.raises(DataError, match=r"list.txt:2: the path holds a NUL byte"):
         ListFileDataset(listing)
+
+
+def test_small_pair_sets_say_what_they_cannot_measure():
+    from facekd.evaluate.verification import small_set_warnings
+
+    lfw_like = [k % 2 == 0 for k in range(6000)]  # 3,000 impostors: 2,700 in the training folds
+    assert small_set_warnings(lfw_like, 10) == []
+    notes = small_set_warnings([k % 2 == 0 for k in range(40)], 10)
+    assert any("4 per fold" in note for note in notes)
+    assert any(note.startswith("VAL@FAR=0.001 not resolvable: 18 impostor pairs") for note in notes)

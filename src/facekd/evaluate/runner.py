@@ -126,18 +126,22 @@ class Evaluation:
         )
 
     def verification(self, bin_path: Path) -> verification.VerificationResult:
+        _, issame = load_pairs_bin(bin_path)
         if self.model is not None:
             result = evaluate_bin(
                 self.model, bin_path, batch_size=self.batch_size, device=self.device,
                 input_size=self.input_size, nfolds=self.nfolds, progress=self.progress,
             )
         else:
-            _, issame = load_pairs_bin(bin_path)
             result = verification.evaluate(self._saved_embeddings(), issame, nfolds=self.nfolds)
         stem = Path(bin_path).stem
         xnorm = "" if result.xnorm is None else f"  XNorm {result.xnorm:.5f}"
-        print(f"[{stem}] Accuracy-Flip: {result.accuracy:.5f}+-{result.std:.5f}{xnorm}  "
-              f"VAL@FAR=1e-3: {result.val:.5f}+-{result.val_std:.5f}")
+        notes = verification.small_set_warnings(issame, self.nfolds)
+        val = ("not resolvable" if any(note.startswith("VAL@FAR") for note in notes)
+               else f"{result.val:.5f}+-{result.val_std:.5f}")
+        print(f"[{stem}] Accuracy-Flip: {result.accuracy:.5f}+-{result.std:.5f}{xnorm}  VAL@FAR=1e-3: {val}")
+        for note in notes:
+            print(f"[{stem}] warning: {note}")
         self.write_report(stem, f"{stem} verification", report.verification_summary(result),
                      report.verification_curve(result), report.VERIFICATION_AXES)
         return result

@@ -94,6 +94,22 @@ def evaluate(embeddings: np.ndarray, issame, nfolds: int = 10) -> VerificationRe
     )
 
 
+def small_set_warnings(issame, nfolds: int, far: float = VAL_FAR_TARGET) -> list[str]:
+    """What a small pair set cannot measure: too few pairs per fold, or too few impostor pairs in the
+    training folds for VAL@FAR (its threshold would rest on less than one false accept)."""
+    issame = np.asarray(issame).astype(bool)
+    notes = []
+    per_fold = len(issame) / nfolds
+    if per_fold < 30:
+        notes.append(f"{len(issame)} pairs give {per_fold:.0f} per fold over {nfolds} folds; the fold std is "
+                     "not a reliable error bar (use more pairs, or --nfolds 1 for the ROC alone)")
+    impostors = int((~issame).sum() * (nfolds - 1) / nfolds) if nfolds > 1 else int((~issame).sum())
+    if impostors * far < 1:
+        notes.append(f"VAL@FAR={far:g} not resolvable: {impostors} impostor pairs in the training folds, "
+                     f"expected at least {round(1 / far)}")
+    return notes
+
+
 def _check_inputs(embeddings: np.ndarray, issame: np.ndarray, nfolds: int) -> None:
     if embeddings.ndim != 2 or embeddings.shape[0] % 2:
         raise DataError(
