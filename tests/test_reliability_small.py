@@ -113,8 +113,7 @@ def test_fuzz_finds_stay_fixed(tmp_path):
 def test_small_pair_sets_say_what_they_cannot_measure():
     from facekd.evaluate.verification import small_set_warnings
 
-    lfw_like = [k % 2 == 0 for k in range(6000)]  # 3,000 impostors: 2,700 in the training folds
-    assert small_set_warnings(lfw_like, 10) == []
-    notes = small_set_warnings([k % 2 == 0 for k in range(40)], 10)
+    assert small_set_warnings(6000, 3000, 10) == []  # LFW: 2,700 impostors in the training folds
+    notes = small_set_warnings(40, 20, 10)
     assert any("4 per fold" in note for note in notes)
     assert any(note.startswith("VAL@FAR=0.001 not resolvable: 18 impostor pairs") for note in notes)

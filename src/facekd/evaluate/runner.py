@@ -126,17 +126,17 @@ class Evaluation:
         )
 
     def verification(self, bin_path: Path) -> verification.VerificationResult:
-        _, issame = load_pairs_bin(bin_path)
         if self.model is not None:
             result = evaluate_bin(
                 self.model, bin_path, batch_size=self.batch_size, device=self.device,
                 input_size=self.input_size, nfolds=self.nfolds, progress=self.progress,
             )
         else:
+            _, issame = load_pairs_bin(bin_path)
             result = verification.evaluate(self._saved_embeddings(), issame, nfolds=self.nfolds)
         stem = Path(bin_path).stem
         xnorm = "" if result.xnorm is None else f"  XNorm {result.xnorm:.5f}"
-        notes = verification.small_set_warnings(issame, self.nfolds)
+        notes = verification.small_set_warnings(result.num_pairs, result.num_impostors, self.nfolds)
         val = ("not resolvable" if any(note.startswith("VAL@FAR") for note in notes)
                else f"{result.val:.5f}+-{result.val_std:.5f}")
         print(f"[{stem}] Accuracy-Flip: {result.accuracy:.5f}+-{result.std:.5f}{xnorm}  VAL@FAR=1e-3: {val}")

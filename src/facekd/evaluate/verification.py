@@ -52,6 +52,7 @@ class VerificationResult:
     tpr: np.ndarray  # (400,) test-fold TPR averaged over folds, per threshold
     fpr: np.ndarray  # (400,)
     num_pairs: int
+    num_impostors: int  # pairs of different identities
     xnorm: float | None = None  # mean L2 norm of the raw (un-summed) embeddings, when known
 
 
@@ -91,19 +92,19 @@ def evaluate(embeddings: np.ndarray, issame, nfolds: int = 10) -> VerificationRe
         tpr=tpr,
         fpr=fpr,
         num_pairs=len(dist),
+        num_impostors=int((~issame).sum()),
     )
 
 
-def small_set_warnings(issame, nfolds: int, far: float = VAL_FAR_TARGET) -> list[str]:
+def small_set_warnings(num_pairs: int, num_impostors: int, nfolds: int, far: float = VAL_FAR_TARGET) -> list[str]:
     """What a small pair set cannot measure: too few pairs per fold, or too few impostor pairs in the
     training folds for VAL@FAR (its threshold would rest on less than one false accept)."""
-    issame = np.asarray(issame).astype(bool)
     notes = []
-    per_fold = len(issame) / nfolds
+    per_fold = num_pairs / nfolds
     if per_fold < 30:
-        notes.append(f"{len(issame)} pairs give {per_fold:.0f} per fold over {nfolds} folds; the fold std is "
-                     "not a reliable error bar (use more pairs, or --nfolds 1 for the ROC alone)")
-    impostors = int((~issame).sum() * (nfolds - 1) / nfolds) if nfolds > 1 else int((~issame).sum())
+        notes.append(f"{num_pairs} pairs give {per_fold:.0f} per fold over {nfolds} folds; the fold std is "
+                     "not a reliable error bar (use more pairs)")
+    impostors = int(num_impostors * (nfolds - 1) / nfolds)
     if impostors * far < 1:
         notes.append(f"VAL@FAR={far:g} not resolvable: {impostors} impostor pairs in the training folds, "
                      f"expected at least {round(1 / far)}")
