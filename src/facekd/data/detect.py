@@ -81,7 +81,8 @@ def decode_scrfd(outputs: list[np.ndarray], input_size: tuple[int, int], score_t
         points.append(np.tile(c, 5) + offset[keep])
         scores.append(score[keep])
     boxes, points, scores = np.concatenate(boxes), np.concatenate(points), np.concatenate(scores)
-    kept = cv2.dnn.NMSBoxes([[*b[:2], *(b[2:] - b[:2])] for b in boxes.tolist()], scores.tolist(), score_threshold, nms_threshold)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), score_threshold, nms_threshold)
     return [Face(boxes[i], points[i].reshape(5, 2).astype(np.float64), float(scores[i])) for i in np.asarray(kept).reshape(-1)]
 
 
