@@ -54,3 +54,27 @@ def test_pick_face_prefers_the_larger_face():
     large = Face(np.array([40, 40, 80, 80.0]), np.zeros((5, 2)), 0.8)
     assert pick_face([small, large], (100, 100, 3)) is large
     assert pick_face([], (100, 100, 3)) is None
+
+
+def test_align_command_writes_crops_and_lists_the_photo_without_a_face(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+
+    person = tmp_path / "src" / "astronaut"
+    person.mkdir(parents=True)
+    bgr = data.astronaut()[:, :, ::-1]
+    cv2.imwrite(str(person / "a.jpg"), bgr)
+    cv2.imwrite(str(person / "flipped.jpg"), bgr[:, ::-1])
+    cv2.imwrite(str(person / "blank.jpg"), bgr * 0)
+    src_dir = str(Path(__file__).resolve().parents[1] / "src")
+    result = subprocess.run([sys.executable, "-m", "facekd", "align", str(tmp_path / "src"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src_dir}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "astronaut").iterdir()) == ["a.jpg", "flipped.jpg"]
+    assert cv2.imread(str(tmp_path / "out" / "astronaut" / "a.jpg")).shape == (112, 112, 3)
+    assert "skipped (no face):" in result.stdout and "blank.jpg" in result.stdout
+    assert "skipped 1 without a face" in result.stdout
