@@ -78,3 +78,21 @@ def test_align_command_writes_crops_and_lists_the_photo_without_a_face(tmp_path)
     assert cv2.imread(str(tmp_path / "out" / "astronaut" / "a.jpg")).shape == (112, 112, 3)
     assert "skipped (no face):" in result.stdout and "blank.jpg" in result.stdout
     assert "skipped 1 without a face" in result.stdout
+
+
+def test_pack_rec_detect_writes_a_rec_from_the_astronaut_and_its_mirror(tmp_path):
+    import cv2
+
+    from facekd.cli import main
+    from facekd.data.face_rec import RecordIODataset
+
+    person = tmp_path / "photos" / "astronaut"
+    person.mkdir(parents=True)
+    bgr = data.astronaut()[:, :, ::-1]
+    cv2.imwrite(str(person / "a.png"), bgr)
+    cv2.imwrite(str(person / "flipped.png"), bgr[:, ::-1])
+    assert main(["pack", "rec", str(tmp_path / "photos"), "--detect", "--out", str(tmp_path / "rec")]) == 0
+    dataset = RecordIODataset(tmp_path / "rec" / "train.rec")
+    assert len(dataset) == 2
+    image, label = dataset[0]
+    assert np.asarray(image).shape[:2] == (112, 112) and label == 0
