@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("--landmarks", type=Path, default=None,
                          help="landmarks file: align every image onto the ArcFace template")
         sub.add_argument("--size", type=int, default=112, help="crop size in pixels (default 112)")
+        sub.add_argument("--detect", action="store_true", help="detect each face (YuNet) and align it onto the template")
+        sub.add_argument("--detector", type=Path, default=None, help="with --detect: an SCRFD ONNX file instead of YuNet")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return _rebuild_index(args.rebuild_index)
     if args.source is None or args.out is None:
         raise ConfigError(f"pack {args.kind}: SOURCE and --out are required")
-    source = ImageSource(size=args.size, landmarks_path=args.landmarks)
+    source = ImageSource(size=args.size, landmarks_path=args.landmarks, detector=_detector(args))
     if args.kind == "rec":
         info = source.pack_rec(args.source, args.out, root=args.root, layout=args.layout)
         print(f"wrote {args.out}: {info.num_images} images, {info.num_classes} classes, "
@@ -55,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
         pairs = source.pack_pairs(args.source, args.out, root=args.root)
         print(f"wrote {args.out}: {pairs} pairs")
     return 0
+
+
+def _detector(args: argparse.Namespace):
+    if not args.detect:
+        return None
+    from facekd.data.detect import ScrfdDetector, YuNetDetector
+
+    return ScrfdDetector(args.detector) if args.detector else YuNetDetector()
 
 
 def _rebuild_index(folder: Path) -> int:

@@ -44,8 +44,9 @@ def read_landmark_file(path: Path) -> dict[str, np.ndarray]:
 class ImageSource:
     """Reads image files as `size` crops: aligned by landmarks when given, else checked and kept."""
 
-    def __init__(self, size: int = 112, landmarks_path: Path | None = None):
+    def __init__(self, size: int = 112, landmarks_path: Path | None = None, detector=None):
         self.size = size
+        self.detector = detector  # a facekd.data.detect detector: align on its largest, most central face
         self.landmarks_path = landmarks_path
         self.landmarks = read_landmark_file(landmarks_path) if landmarks_path is not None else None
 
@@ -56,6 +57,13 @@ class ImageSource:
         except OSError as exc:
             raise DataError(f"{path}: cannot read image ({exc.strerror})") from None
         image = decode_image(data, str(path))
+        if self.detector is not None:
+            from facekd.data.detect import pick_face
+
+            face = pick_face(self.detector.detect(image[:, :, ::-1].copy()), image.shape)
+            if face is None:
+                raise DataError(f"{path}: no face detected, expected one (run 'facekd align' to list and skip such photos)")
+            return encode_jpeg(align_face(image, face.landmarks, self.size))
         if self.landmarks is not None:
             key = Path(os.path.relpath(path, base)).as_posix()
             if key not in self.landmarks:
