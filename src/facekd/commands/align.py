@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 HELP = "detect and align the faces of a photo folder onto the ArcFace template"
 
 
@@ -24,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
 
     from facekd.data.align import align_face
     from facekd.data.codec import decode_image, encode_jpeg
-    from facekd.data.detect import ScrfdDetector, YuNetDetector, pick_face
+    from facekd.data.detect import faces_in, make_detector, pick_face
+    from facekd.data.folders import IMAGE_SUFFIXES
     from facekd.errors import DataError
     from facekd.fileio import atomic_write_bytes
 
@@ -32,11 +32,11 @@ def run(args: argparse.Namespace) -> int:
     photos = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not photos:
         raise DataError(f"{src}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found, expected one sub-folder per person")
-    detector = ScrfdDetector(Path(args.detector)) if args.detector else YuNetDetector()
+    detector = make_detector(args.detector)
     skipped, written = [], 0
     for photo in tqdm(photos, desc="align", unit="photo"):
         rgb = decode_image(photo.read_bytes(), str(photo))
-        faces = detector.detect(rgb[:, :, ::-1].copy())
+        faces = faces_in(detector, rgb)
         chosen = faces if args.all_faces else [f for f in [pick_face(faces, rgb.shape)] if f is not None]
         if not chosen:
             skipped.append(photo)

@@ -39,19 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
+    from facekd.commands.train import run_flag_overrides
+
     flags = {
         "distill.method": args.method, "teacher.path": args.teacher, "teacher.head": args.teacher_head,
         "model.backbone": args.student, "model.input_size": args.input_size, "data.train": args.data,
-        "train.out": None if args.out is None else str(args.out),
     }
     overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
     if args.val:
         overrides.append(f"data.val_bins=[{', '.join(args.val)}]")
-    if args.resume:
-        overrides.append("train.resume=true")
-    if args.skip_bad:
-        overrides.append("data.skip_bad=true")
-    return overrides + list(args.overrides)
+    return overrides + run_flag_overrides(args) + list(args.overrides)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
 def _detector(args: argparse.Namespace):
     if not args.detect:
         return None
-    from facekd.data.detect import ScrfdDetector, YuNetDetector
+    from facekd.data.detect import make_detector
 
-    return ScrfdDetector(args.detector) if args.detector else YuNetDetector()
+    return make_detector(args.detector)
 
 
 def _rebuild_index(folder: Path) -> int:

@@ -65,14 +65,18 @@ def run_in_folder(config, args: argparse.Namespace, fit) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    from facekd.train.config import load_config
-
-    overrides = list(args.overrides)
-    if args.out is not None:
-        overrides.append(f"train.out={args.out}")
+def run_flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides of the flags `train` and `distill` share: --out, --resume, --skip-bad."""
+    overrides = [] if args.out is None else [f"train.out={args.out}"]
     if args.resume:
         overrides.append("train.resume=true")
     if args.skip_bad:
         overrides.append("data.skip_bad=true")
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from facekd.train.config import load_config
+
+    overrides = list(args.overrides) + run_flag_overrides(args)
     return run_in_folder(load_config(args.config, overrides), args, train)

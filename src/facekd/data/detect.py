@@ -105,6 +105,16 @@ class ScrfdDetector:
         return [Face(f.box / scale, f.landmarks / scale, f.score) for f in faces]
 
 
+def make_detector(scrfd_model: Path | None = None) -> YuNetDetector | ScrfdDetector:
+    """An SCRFD detector for the given ONNX file, else the YuNet default."""
+    return ScrfdDetector(Path(scrfd_model)) if scrfd_model else YuNetDetector()
+
+
+def faces_in(detector: YuNetDetector | ScrfdDetector, rgb: np.ndarray) -> list[Face]:
+    """The faces of an RGB image (the detectors read OpenCV's BGR order)."""
+    return detector.detect(np.ascontiguousarray(rgb[:, :, ::-1]))
+
+
 def pick_face(faces: list[Face], image_shape: tuple[int, ...]) -> Face | None:
     """The largest face, ties broken by closeness to the image centre (insightface's rule: area - 2*offset^2)."""
     if not faces:

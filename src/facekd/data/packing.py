@@ -58,9 +58,9 @@ class ImageSource:
             raise DataError(f"{path}: cannot read image ({exc.strerror})") from None
         image = decode_image(data, str(path))
         if self.detector is not None:
-            from facekd.data.detect import pick_face
+            from facekd.data.detect import faces_in, pick_face
 
-            face = pick_face(self.detector.detect(image[:, :, ::-1].copy()), image.shape)
+            face = pick_face(faces_in(self.detector, image), image.shape)
             if face is None:
                 raise DataError(f"{path}: no face detected, expected one (run 'facekd align' to list and skip such photos)")
             return encode_jpeg(align_face(image, face.landmarks, self.size))

@@ -19,7 +19,6 @@ from facekd.models.manifest import best_fit, build_manifest, compare, head_optio
 from facekd.models.registry import BACKBONES
 
 DDP_PREFIX = "module."
-SIDECAR_FIELDS = ("architecture", "kwargs")
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
