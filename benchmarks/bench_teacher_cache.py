@@ -1,6 +1,6 @@
 """The teacher-output cache's speed-up, measured against the live teacher in the same run.
 
-The demo's teacher and small student distil with `margin` (which needs the teacher's cosine to
+A compare plan's teacher and student distil with `margin` (which needs the teacher's cosine to
 the ground-truth centre) for E epochs twice: once running the teacher every step (cache off),
 once with the cache (its one-off build, teacher on the image and its mirror, is included).
 
@@ -14,7 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
-from facekd.demo import demo_plan, ensure_data, train_teacher, training_section
+from facekd.compare.plan import load_plan
+from facekd.compare.training import ensure_data, teacher_config, train_config, training_section
 from facekd.distill.config import DistillExperimentConfig
 from facekd.distill.runner import distill
 from facekd.runtime import pick_device
@@ -24,8 +25,8 @@ from facekd.train.engine import seed_everything
 
 
 def timed_run(plan, data: Path, teacher: Path, out: Path, epochs: int, cache: str, world: World) -> float:
-    student = next(run for run in plan.students if run.method == "margin")
-    raw = training_section(plan, data, student.network, epochs, out)
+    student = plan.networks[plan.run("margin").network]
+    raw = training_section(plan, data, student, epochs, out, seed=plan.teacher.seed)
     raw["teacher"] = {"path": str(teacher)}
     raw["distill"] = {"method": "margin", "cache": cache, "cache_dir": str(out / "cache"), "cache_dtype": "float16"}
     config = from_dict(raw, DistillExperimentConfig, source=f"bench cache={cache}")
@@ -42,10 +43,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    plan = demo_plan(args.quick)
+    plan = load_plan("quick" if args.quick else "default")
     world = World(0, 1, pick_device("auto"))
-    data = ensure_data(args.out, plan, workers=2)
-    teacher, _ = train_teacher(args.out, plan, data, world)
+    data = ensure_data(args.out, plan, workers=2, say=print)
+    teacher_run = teacher_config(plan, data, args.out)
+    train_config(teacher_run, world)
+    teacher = Path(teacher_run.train.out) / "checkpoint.pt"
     live = timed_run(plan, data, teacher, args.out / "live", args.epochs, "off", world)
     cached = timed_run(plan, data, teacher, args.out / "cached", args.epochs, "on", world)
     print(f"margin distillation, {args.epochs} epochs: live teacher {live:.1f} s, "

@@ -107,8 +107,35 @@ def count_flops(model: nn.Module, resolution: int) -> int:
     return int(counter.get_total_flops())
 
 
-def median_ms(run: Callable[[], object], *, warmup: int, repeats: int) -> float:
-    """Median wall time of `repeats` calls after `warmup` untimed ones, in milliseconds."""
+@dataclass(frozen=True)
+class Timing:
+    """Wall times of repeated calls after warm-up, in milliseconds."""
+
+    times_ms: tuple[float, ...]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range over the median: how much the machine disturbed the timing."""
+        if len(self.times_ms) < 4:
+            return 0.0
+        low, _, high = statistics.quantiles(self.times_ms, n=4)
+        return (high - low) / self.median_ms if self.median_ms > 0 else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        """More than 20 % interquartile spread: the median is a rough figure."""
+        return self.spread > NOISY_SPREAD
+
+
+NOISY_SPREAD = 0.2
+
+
+def time_calls(run: Callable[[], object], *, warmup: int, repeats: int) -> Timing:
+    """Time `repeats` calls of `run` after `warmup` untimed ones."""
     if repeats < 1:
         raise ConfigError(f"latency repeats: found {repeats}, expected at least 1")
     for _ in range(warmup):
@@ -118,7 +145,12 @@ def median_ms(run: Callable[[], object], *, warmup: int, repeats: int) -> float:
         start = time.perf_counter()
         run()
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return Timing(tuple(times))
+
+
+def median_ms(run: Callable[[], object], *, warmup: int, repeats: int) -> float:
+    """Median wall time of `repeats` calls after `warmup` untimed ones, in milliseconds."""
+    return time_calls(run, warmup=warmup, repeats=repeats).median_ms
 
 
 @contextlib.contextmanager

@@ -1,0 +1,1 @@
+"""`facekd compare`: methods x seeds under one protocol, with paired intervals (see runner.py)."""
