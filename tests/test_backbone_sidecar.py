@@ -61,4 +61,9 @@ def test_eval_and_export_take_the_student_without_flags(student, tmp_path):
     assert main(["eval", "--model", str(path), "--bin", str(tmp_path / "pairs.bin"), "--out", str(tmp_path / "eval"),
                  "--no-progress"]) == 0
     assert main(["export", str(path), "--onnx", str(tmp_path / "student.onnx")]) == 0
-    assert (tmp_path / "student.onnx").stat().st_size > 0
+    from facekd.deploy.onnx import inference_session
+
+    session = inference_session(tmp_path / "student.onnx")
+    assert session.get_inputs()[0].shape[1:] == [3, 56, 56]
+    out = session.run(None, {session.get_inputs()[0].name: np.zeros((2, 3, 56, 56), np.float32)})[0]
+    assert out.shape == (2, 128)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.image
 import numpy as np
 import torch
 
@@ -79,4 +80,7 @@ def test_roc_overlay_has_one_line_per_model(tmp_path):
     curves = {"teacher": Curve(np.array([0.001, 0.1, 1.0]), np.array([0.9, 0.99, 1.0])),
               "student": Curve(np.array([0.001, 0.1, 1.0]), np.array([0.7, 0.95, 1.0]))}
     plot_roc(curves, tmp_path / "overlay.png", title="LFW", axes=VERIFICATION_AXES)
-    assert (tmp_path / "overlay.png").stat().st_size > 1000
+    image = matplotlib.image.imread(tmp_path / "overlay.png")
+    assert image.ndim == 3 and min(image.shape[:2]) > 200
+    colours = {tuple(np.round(pixel[:3], 2)) for pixel in image.reshape(-1, image.shape[2])}
+    assert len(colours) > 20  # axes, text and two curves, not a blank canvas

@@ -110,9 +110,11 @@ def test_dynamic_int8_keeps_verification_accuracy_report_honest(exported_mbf, fa
         summed = (model(inputs) + model(inputs.flip(3))).numpy()
     assert report.pairs == 10
     assert report.accuracy_fp32 == pytest.approx(evaluate(summed, issame).accuracy)
-    assert 0.0 <= report.accuracy_int8 <= 1.0
+    session = inference_session(int8_path)
+    feed_name = session.get_inputs()[0].name
+    int8_summed = sum(session.run(None, {feed_name: x.numpy()})[0] for x in (inputs, inputs.flip(3)))
+    assert report.accuracy_int8 == pytest.approx(evaluate(int8_summed, issame).accuracy)
     assert report.size_int8_mb < report.size_fp32_mb / 2
-    assert report.speedup == pytest.approx(report.latency_fp32_ms / report.latency_int8_ms)
 
 
 @pytest.mark.slow

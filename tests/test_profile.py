@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import statistics
+import time
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from facekd.cli import main
 from facekd.deploy.profile import (
     MIB,
     LatencySettings,
+    Timing,
     count_flops,
     markdown_table,
     median_ms,
@@ -60,8 +64,16 @@ def test_depthwise_and_strided_convolutions_are_counted_per_group():
 
 
 def test_median_ms_runs_warmup_then_repeats_and_takes_the_median():
+    # Warm-up calls are slow (as a first pass is), then 5 timed calls of 1, 300, 2, 20 and 400 ms:
+    # the median is the 20 ms call (the mean would be 145), whatever the warm-up cost. Sleeps only overrun.
+    delays = iter([0.5, 0.5, 0.001, 0.300, 0.002, 0.020, 0.400])
     calls = []
-    assert median_ms(lambda: calls.append(1), warmup=2, repeats=5) >= 0
+
+    def run():
+        calls.append(1)
+        time.sleep(next(delays))
+
+    assert 20.0 <= median_ms(run, warmup=2, repeats=5) < 100.0
     assert len(calls) == 7
     with pytest.raises(ConfigError):
         median_ms(lambda: None, warmup=0, repeats=0)
@@ -94,13 +106,23 @@ def test_full_profile_measures_onnxruntime_and_the_large_batch():
     assert profile.peak_memory_large_mb > profile.peak_memory_b1_mb
 
 
+def test_timing_spread_marks_a_disturbed_measurement():
+    steady = Timing((10.0, 10.2, 9.9, 10.1, 10.0, 10.3, 9.8, 10.0))
+    disturbed = Timing((10.0, 25.0, 9.9, 31.0, 10.0, 12.0, 40.0, 10.0))
+    assert steady.median_ms == pytest.approx(10.0) and not steady.noisy
+    low, _, high = statistics.quantiles(disturbed.times_ms, n=4)  # 10.0 and 29.5
+    assert disturbed.median_ms == pytest.approx(11.0)
+    assert disturbed.spread == pytest.approx((high - low) / 11.0) and disturbed.noisy
+
+
 def test_ratios_and_table():
     settings = LatencySettings(warmup=0, repeats=1, fast=True)
     big = profile_model(TinyNet(), "big", 16, settings)
     small = profile_model(TinyNet(), "small", 8, settings)
     ratios = small.ratios_to(big)
     assert ratios["flops"] == pytest.approx(small.flops / big.flops)
-    assert ratios["torch_b1_ms"] == pytest.approx(small.torch_b1_ms / big.torch_b1_ms)
+    timed = dataclasses.replace(small, torch_b1_ms=1.5).ratios_to(dataclasses.replace(big, torch_b1_ms=6.0))
+    assert timed["torch_b1_ms"] == pytest.approx(0.25)
     assert ratios["ort_b1_ms"] is None
     table = markdown_table([big, small], big).splitlines()
     assert len(table) == 4 and table[0].count("|") == table[1].count("|") == table[3].count("|")
