@@ -70,6 +70,7 @@ def test_checkpoint_holds_backbone_and_best_backbone_file(tmp_path):
     assert saved["backbone_name"] == "tiny" and saved["backbone_kwargs"] == {"batch_norm": True}
     assert saved["step"] == 4 and saved["epoch"] == 1 and saved["epoch_step"] == 0
     assert saved["config"]["train"]["batch_size"] == 8
+    assert not (tmp_path / "backbone_best.pth").exists()  # no evaluator: nothing to select on
     backbone = torch.load(tmp_path / "backbone.pth", weights_only=True)
     for name, value in task.backbone.state_dict().items():
         assert torch.equal(backbone[name], value)
@@ -163,7 +164,7 @@ def test_too_small_dataset_is_a_config_error(tmp_path):
         Trainer(TinyTask(), samples(4), tiny_config(tmp_path))
 
 
-def test_backbone_pth_keeps_the_best_evaluated_weights(tmp_path):
+def test_best_and_last_backbones_are_kept_apart(tmp_path):
     scores = iter([0.5, 0.9, 0.7, 0.6])  # evaluations at steps 4, 8, 12, 16
     snapshots = {}
 
@@ -176,9 +177,13 @@ def test_backbone_pth_keeps_the_best_evaluated_weights(tmp_path):
     result = trainer.fit()
     assert len(snapshots) == 4  # step 8 ends epoch 1 and is evaluated once
     assert result.best_score == 0.9
-    best = torch.load(tmp_path / "backbone.pth", weights_only=True)
+    best = torch.load(tmp_path / "backbone_best.pth", weights_only=True)
+    last = torch.load(tmp_path / "backbone.pth", weights_only=True)
     for name, value in snapshots[1].items():
         assert torch.equal(best[name], value)
+    for name, value in snapshots[3].items():
+        assert torch.equal(last[name], value)
+    assert any(not torch.equal(best[name], last[name]) for name in best)
     evals = [r for r in read_log(tmp_path) if "eval" in r]
     assert [(r["step"], r["eval"]["synth"], r["best"]) for r in evals] == [
         (4, 0.5, 0.5), (8, 0.9, 0.9), (12, 0.7, 0.9), (16, 0.6, 0.9)]

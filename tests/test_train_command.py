@@ -53,9 +53,10 @@ train: {{epochs: 1, batch_size: 8, workers: 0, log_interval: 1, progress: false,
     images, issame = load_pairs_bin(tmp_path / "val.bin")
     embeddings = embed_images(from_checkpoint.eval(), images, input_size=32, progress=False)
     assert evals[0]["eval"]["val"] == pytest.approx(verification.evaluate(embeddings, issame).accuracy)
-    from_best = load_backbone(run / "backbone.pth", "r18", width=0.125, num_features=16, input_size=32)
-    for name, value in from_checkpoint.state_dict().items():
-        assert torch.equal(value, from_best.state_dict()[name])
+    for name in ("backbone.pth", "backbone_best.pth"):  # one epoch: the last is also the best
+        saved = load_backbone(run / name, "r18", width=0.125, num_features=16, input_size=32)
+        for key, value in from_checkpoint.state_dict().items():
+            assert torch.equal(value, saved.state_dict()[key])
 
     assert main(["train", "--config", str(config), "--resume", "--set", "train.epochs=2"]) == 0
     assert "finished at step 8 (epoch 2)" in capsys.readouterr().out

@@ -2,8 +2,10 @@
 
 The data is an insightface RecordIO folder, an image folder (one sub-folder per identity) or a
 list file of 'path label' lines. Every epoch (and on SIGTERM or Ctrl-C, after the current step)
-OUT/checkpoint.pt is written; --resume continues from it exactly. OUT/backbone.pth is the best
-backbone on the data.val_bins sets (or the latest without them), OUT/log.jsonl the run's log.
+OUT/checkpoint.pt is written; --resume continues from it exactly. OUT/backbone.pth holds the
+latest weights (the last epoch's at the end), OUT/backbone_best.pth the best on the data.val_bins
+sets, OUT/log.jsonl the run's log. Report test sets with the last weights, or select on a
+validation set that is not reported.
 Several processes: `torchrun --nproc_per_node N -m facekd train --config ...`.
 """
 

@@ -40,7 +40,11 @@ logger = logging.getLogger(__name__)
 
 Evaluator = Callable[[nn.Module], dict[str, float]]  # backbone -> {set name: accuracy}
 CHECKPOINT_NAME = "checkpoint.pt"
-BEST_BACKBONE_NAME = "backbone.pth"
+# backbone.pth is always the latest weights (the last epoch once training ends), as arcface_torch
+# saves its model; backbone_best.pth is the best on data.val_bins. Report test sets with the last one:
+# selecting on the sets one reports inflates every number.
+LAST_BACKBONE_NAME = "backbone.pth"
+BEST_BACKBONE_NAME = "backbone_best.pth"
 
 
 class TrainingDiverged(FacekdError):
@@ -331,7 +335,8 @@ class Trainer:
         return loss, values
 
     def _evaluate(self, log: RunLog | None) -> None:
-        """Rank 0 evaluates the backbone; a better mean accuracy (or no evaluator) writes backbone.pth."""
+        """Rank 0 writes backbone.pth and evaluates the backbone; a better mean accuracy writes
+        backbone_best.pth."""
         if self.step == self.evaluated_step:  # an eval_interval step that also ends the epoch
             return
         self.evaluated_step = self.step
@@ -344,8 +349,8 @@ class Trainer:
                     scores = self.evaluator(backbone)
                 backbone.train()
             score = sum(scores.values()) / len(scores) if scores else None
-            improved = score is None or self.best_score is None or score > self.best_score
-            if improved:
+            save_backbone(self.out_dir / LAST_BACKBONE_NAME, self.task.backbone)
+            if score is not None and (self.best_score is None or score > self.best_score):
                 self.best_score = score
                 save_backbone(self.out_dir / BEST_BACKBONE_NAME, self.task.backbone)
             if log is not None and scores:
