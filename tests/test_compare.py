@@ -15,6 +15,7 @@ from scipy import stats
 from facekd.cli import main
 from facekd.compare.plan import load_plan, plan_from_data
 from facekd.compare.runner import run_compare
+from facekd.distill.registry import available_methods
 from facekd.errors import ConfigError
 from facekd.runtime import pick_device
 from facekd.train.config import load_yaml
@@ -80,12 +81,13 @@ def test_compare_trains_scores_pairs_and_reports_every_seed_method(tmp_path):
     # A rerun reuses every trained network; a run whose checkpoint is lost is retrained alone.
     run_compare(tmp_path, plan, runs, [0, 1], device=pick_device("cpu"), say=quiet, synth_workers=1)
     again = summaries(tmp_path)
-    assert all(seconds == 0.0 for run in again.values() for seconds in run["train_seconds"])
+    assert all(all(run["reused"]) for run in again.values())
+    assert {k: v["train_seconds"] for k, v in again.items()} == {k: v["train_seconds"] for k, v in first.items()}
     assert {k: v["scores"] for k, v in again.items()} == {k: v["scores"] for k, v in first.items()}
     shutil.rmtree(tmp_path / "runs" / "margin" / "seed1")
     run_compare(tmp_path, plan, runs, [0, 1], device=pick_device("cpu"), say=quiet, synth_workers=1)
     retrained = {(label, seed) for label, run in summaries(tmp_path).items()
-                 for seed, seconds in zip(run["seeds"], run["train_seconds"]) if seconds > 0}
+                 for seed, reused in zip(run["seeds"], run["reused"]) if not reused}
     assert retrained == {("margin", 1)}
 
 
@@ -123,6 +125,12 @@ def test_run_names_parse_to_method_network_and_options():
 def test_bad_run_names_are_refused_in_one_line(entry, message):
     with pytest.raises(ConfigError, match=message):
         tiny_plan().run(entry)
+
+
+def test_every_distillation_method_is_a_run_name():
+    plan = tiny_plan()
+    for method in available_methods():
+        assert plan.run(method).method == method
 
 
 def test_a_run_named_twice_is_refused():

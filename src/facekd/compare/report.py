@@ -24,7 +24,8 @@ class RunResult:
     run: Run
     seeds: tuple[int, ...]
     scores: tuple[TestScores, ...]  # one per seed, in the order of `seeds`
-    train_seconds: tuple[float, ...]  # 0 where an earlier compare's run was reused
+    train_seconds: tuple[float, ...]  # as recorded when the run trained
+    reused: tuple[bool, ...]  # trained by an earlier compare into the same folder
 
 
 @dataclass(frozen=True)
@@ -94,18 +95,18 @@ class Comparison:
             f"Seeds: {', '.join(map(str, seeds))} ({len(seeds)}). Mean ± sample std over seeds, in percent.",
             "",
             "| run | network | accuracy | " + " | ".join(c.title for c in self.columns[1:]) +
-            " | MFLOPs | FLOPs vs teacher | CPU ms (b1) |",
-            "|---|---|---|" + "---|" * (len(self.columns) - 1) + "---|---|---|",
+            " | MFLOPs | FLOPs vs teacher | CPU ms (b1) | train s (vs baseline) |",
+            "|---|---|---|" + "---|" * (len(self.columns) - 1) + "---|---|---|---|",
             f"| teacher | {plan.teacher.network} | {percent(self.teacher.accuracy)} | " +
             " | ".join(percent(c.value(self.teacher)) for c in self.columns[1:]) +
-            f" | {teacher_cost.flops / 1e6:.1f} | 1.000 | {self.latency(plan.teacher.network)} |",
+            f" | {teacher_cost.flops / 1e6:.1f} | 1.000 | {self.latency(plan.teacher.network)} | |",
         ]
         for result in self.results:
             cost = self.costs[result.run.network]
             cells = [percent(*mean_and_std([c.value(s) for s in result.scores])) for c in self.columns]
             lines.append(f"| {result.run.label} | {result.run.network} | " + " | ".join(cells) +
                          f" | {cost.flops / 1e6:.1f} | {cost.flops / teacher_cost.flops:.3f} | "
-                         f"{self.latency(result.run.network)} |")
+                         f"{self.latency(result.run.network)} | {self.train_time(result)} |")
         lines += ["", "## Paired difference to the baseline of the same network", "",
                   "Per seed, the run minus its baseline; mean and 95 % paired t interval in points. "
                   "`*`: the interval excludes zero.", "",
@@ -128,9 +129,17 @@ class Comparison:
                   "measured once per network (it does not depend on the weights)."
                   + (f" Noisy (spread above 0.2, the machine was busy): {', '.join(noisy)}." if noisy else ""),
                   f"Total wall time {self.seconds / 60:.1f} min; trained this time: "
-                  f"{sum(1 for r in self.results for t in r.train_seconds if t > 0)} of "
-                  f"{sum(len(r.train_seconds) for r in self.results)} student runs.", ""]
+                  f"{sum(1 for r in self.results for reused in r.reused if not reused)} of "
+                  f"{sum(len(r.reused) for r in self.results)} student runs. Train time: mean wall seconds per "
+                  "run, and its ratio to the baseline of the same network (runs that share the machine with "
+                  "other work time slower).", ""]
         return "\n".join(lines)
+
+    def train_time(self, result: RunResult) -> str:
+        mine = sum(result.train_seconds) / len(result.train_seconds)
+        base = self.baseline_of[result.run.label].train_seconds
+        base_mean = sum(base) / len(base)
+        return f"{mine:.0f} ({mine / base_mean:.2f}x)" if mine > 0 and base_mean > 0 else f"{mine:.0f}"
 
     def latency(self, network: str) -> str:
         cost = self.costs[network]
@@ -144,7 +153,8 @@ class Comparison:
             entry = {"label": result.run.label, "method": result.run.method, "network": result.run.network,
                      "options": result.run.options, "baseline": self.baseline_of[result.run.label].run.label,
                      "seeds": list(result.seeds), "scores": [asdict(s) for s in result.scores],
-                     "train_seconds": list(result.train_seconds), "summary": {}, "paired": {}}
+                     "train_seconds": list(result.train_seconds), "reused": list(result.reused),
+                     "summary": {}, "paired": {}}
             for column in self.columns:
                 mean, std = mean_and_std([column.value(s) for s in result.scores])
                 entry["summary"][column.key] = {"mean": mean, "std": std}

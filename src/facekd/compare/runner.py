@@ -7,6 +7,7 @@ stopped.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,7 @@ from facekd.compare.scoring import cached_scores, network_cost
 from facekd.compare.training import ensure_data, is_done, student_config, teacher_config, train_config
 from facekd.distill.runner import final_checkpoint
 from facekd.errors import ConfigError
+from facekd.fileio import atomic_write_text
 from facekd.train.distributed import World
 
 
@@ -50,6 +52,16 @@ class Progress:
             self.trained_seconds.append(seconds)
 
 
+def recorded_seconds(folder: Path, spent: float) -> float:
+    """The wall seconds a run took to train: `spent` when it trained now (and kept in
+    OUT/train_seconds.json), else what the run that made it recorded."""
+    record = folder / "train_seconds.json"
+    if spent > 0:
+        atomic_write_text(record, json.dumps({"seconds": spent}) + "\n")
+        return spent
+    return float(json.loads(record.read_text())["seconds"]) if record.is_file() else 0.0
+
+
 def run_compare(out: Path, plan: ComparePlan, runs: list[Run], seeds: list[int], *, device: torch.device,
                 say: Callable[[str], None], synth_workers: int = 2) -> Comparison:
     if not seeds:
@@ -70,21 +82,22 @@ def run_compare(out: Path, plan: ComparePlan, runs: list[Run], seeds: list[int],
     progress = Progress(len(runs) * len(seeds), say)
     results = []
     for run in runs:
-        checkpoints, seconds = [], []
+        checkpoints, seconds, reused = [], [], []
         for seed in seeds:
             folder = out / "runs" / run.folder / f"seed{seed}"
             config = student_config(plan, run, seed, data, teacher_checkpoint, folder, out / "teacher_cache")
-            progress.start(run, seed, plan.student.epochs, is_done(config))
+            reused.append(is_done(config))
+            progress.start(run, seed, plan.student.epochs, reused[-1])
             spent = train_config(config, world)
             progress.finished(spent)
             checkpoints.append(final_checkpoint(folder))
-            seconds.append(spent)
-        results.append((run, checkpoints, seconds))
+            seconds.append(recorded_seconds(folder, spent))
+        results.append((run, checkpoints, seconds, reused))
 
     say("scoring every run on the held-out pairs and the 1:N split")
     teacher_scores = cached_scores(teacher_checkpoint, data, device)
     scored = [RunResult(run, tuple(seeds), tuple(cached_scores(c, data, device) for c in checkpoints),
-                        tuple(seconds)) for run, checkpoints, seconds in results]
+                        tuple(seconds), tuple(reused)) for run, checkpoints, seconds, reused in results]
     say("measuring FLOPs and latency once per network")
     networks = dict.fromkeys([plan.teacher.network, *(run.network for run in runs)])
     costs = {name: network_cost(plan.networks[name]) for name in networks}
