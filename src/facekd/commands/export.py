@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     parity_inputs = model_inputs(face_images(args.parity_data, args.parity_images), input_size)
     report = check_parity(model, inference_session(out), parity_inputs, what=str(out))
     print(
-        f"wrote {out}: parity max |onnx - torch| = {report.max_abs_diff:.2e} over {report.images} images "
-        f"at batch {report.batch_sizes[0]} and 1 (tolerance {report.tolerance:g})"
+        f"wrote {out}: parity over {report.images} images at batch {report.batch_sizes[0]} and 1: max relative "
+        f"error {report.max_relative_error:.2e} (tolerance {report.tolerance:g}), min cosine "
+        f"{report.min_cosine:.9f}, max |onnx - torch| {report.max_abs_diff:.2e}"
     )
     if args.quantize:
         from facekd.deploy.quantize import compare_quantized, quantize_onnx
