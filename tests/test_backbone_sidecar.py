@@ -67,3 +67,21 @@ def test_eval_and_export_take_the_student_without_flags(student, tmp_path):
     assert session.get_inputs()[0].shape[1:] == [3, 56, 56]
     out = session.run(None, {session.get_inputs()[0].name: np.zeros((2, 3, 56, 56), np.float32)})[0]
     assert out.shape == (2, 128)
+
+
+def test_eval_scores_the_exported_onnx_as_its_pytorch_original(student, tmp_path, capsys):
+    import json
+
+    _, path = student
+    rng = np.random.default_rng(1)
+    images = [encode_jpeg(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(80)]
+    write_pairs_bin(tmp_path / "pairs.bin", images, [k % 2 == 0 for k in range(40)])
+    assert main(["export", str(path), "--onnx", str(tmp_path / "student.onnx")]) == 0
+    reports = {}
+    for name, model in (("torch", path), ("onnx", tmp_path / "student.onnx")):
+        assert main(["eval", "--model", str(model), "--bin", str(tmp_path / "pairs.bin"), "--nfolds", "2",
+                     "--out", str(tmp_path / name), "--no-progress"]) == 0
+        reports[name] = json.loads((tmp_path / name / "pairs.json").read_text())
+    assert "input (pixel - 127.5) / 127.5, RGB [facekd metadata]; 56 px, 128-d" in capsys.readouterr().out
+    assert reports["onnx"]["accuracy"] == reports["torch"]["accuracy"]
+    assert reports["onnx"]["xnorm"] == pytest.approx(reports["torch"]["xnorm"], rel=1e-4)

@@ -4,7 +4,6 @@ import subprocess
 import sys
 import tarfile
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -126,5 +126,70 @@ def test_sface_matches_opencvs_own_recognizer(sface_path, aligned_faces, tmp_pat
     inputs = model_inputs(aligned_faces, 112)
     declared = OnnxEmbedder(sface_path, pixel_mean=0.0, pixel_std=1.0)(inputs).numpy()
     np.testing.assert_allclose(declared, reference, atol=1e-4 * np.abs(reference).max())
-    undeclared = OnnxEmbedder(sface_path)(inputs).numpy()
-    assert np.abs(undeclared - reference).max() > 0.1, "insightface defaults must not fit SFace"
+    forced = OnnxEmbedder(sface_path, pixel_mean=127.5, pixel_std=127.5)(inputs).numpy()
+    assert np.abs(forced - reference).max() > 0.1, "insightface defaults must not fit SFace"
+    detected = OnnxEmbedder(sface_path)
+    assert (detected.pixel_mean, detected.pixel_std, detected.channel_order) == (0.0, 1.0, "RGB")
+    np.testing.assert_allclose(detected(inputs).numpy(), declared, rtol=0, atol=0)
+
+
+def test_convention_from_graph_metadata_or_insightface_default(tmp_path):
+    from facekd.deploy.onnx_teacher import detect_convention
+
+    _tiny_model(tmp_path / "plain.onnx", 1)  # no normalisation before its first layer
+    plain = load_pruned_model(tmp_path / "plain.onnx")
+    assert (detect_convention(plain).pixel_mean, detect_convention(plain).pixel_std) == (127.5, 127.5)
+    # The same model behind an in-graph (x - 127.5) * (1/128), as mxnet-converted models are.
+    graph = plain.graph
+    first = graph.node[0]
+    first.input[0] = "scaled"
+    graph.node.insert(0, helper.make_node("Mul", ["centred", "scale"], ["scaled"]))
+    graph.node.insert(0, helper.make_node("Sub", ["data", "mean"], ["centred"]))
+    graph.initializer.extend([numpy_helper.from_array(np.float32(127.5), "mean"),
+                              numpy_helper.from_array(np.float32(1 / 128), "scale")])
+    onnx.save(plain, str(tmp_path / "normalising.onnx"))
+    inside = detect_convention(load_pruned_model(tmp_path / "normalising.onnx"))
+    assert (inside.pixel_mean, inside.pixel_std) == (0.0, 1.0) and "inside the graph" in inside.source
+    # facekd's own metadata wins over the graph.
+    for key, value in {"facekd.pixel_mean": "10", "facekd.pixel_std": "2", "facekd.channel_order": "BGR"}.items():
+        prop = plain.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(plain, str(tmp_path / "tagged.onnx"))
+    tagged = OnnxEmbedder(tmp_path / "tagged.onnx")
+    assert (tagged.pixel_mean, tagged.pixel_std, tagged.channel_order) == (10.0, 2.0, "BGR")
+    assert tagged.convention.source == "facekd metadata"
+
+
+class _Samples:
+    """The two things the check reads of training samples: labels and uint8 CHW images."""
+
+    def __init__(self, count: int) -> None:
+        rng = np.random.default_rng(0)
+        self.labels = np.arange(count) // 2
+        self.images = rng.integers(0, 256, (count, 3, 4, 4), dtype=np.uint8)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": torch.from_numpy(self.images[index]), "label": int(self.labels[index])}
+
+
+def test_a_collapsed_teacher_is_refused_in_one_line(tmp_path):
+    from facekd.distill.loading import check_teacher_separates
+    from facekd.distill.teacher import Teacher
+
+    weight = _tiny_model(tmp_path / "tiny.onnx", "N")
+    samples = _Samples(16)  # 8 identities
+    # Declared as 0..255 pixels, this model's outputs are dominated by the mean pixel: every image
+    # points the same way (cosine near 1).
+    collapsed = OnnxEmbedder(tmp_path / "tiny.onnx", pixel_mean=0.0, pixel_std=1.0, channel_order="RGB")
+    with pytest.raises(ConfigError, match=r"mean cosine 0\.9\d+ between 8 different identities, expected at most "
+                                          r"0\.8 \(a collapsed teacher\); input \(pixel - 0\) / 1, RGB \[as given\]"):
+        check_teacher_separates(Teacher(collapsed, input_size=4, source="tiny.onnx"), samples,
+                                collapsed.convention.describe())
+    # Centred inputs spread the same images out; the check passes and returns the mean cosine.
+    spread = OnnxEmbedder(tmp_path / "tiny.onnx")
+    teacher = Teacher(spread, input_size=4, source="tiny.onnx")
+    unit = torch.nn.functional.normalize(
+        torch.from_numpy(((samples.images[::2].astype(np.float32) - 127.5) / 127.5).mean(axis=(2, 3)) @ weight), dim=1)
+    cosine = unit @ unit.T
+    expected = float((cosine.sum() - cosine.diagonal().sum()) / (8 * 7))
+    assert check_teacher_separates(teacher, samples, spread.convention.describe()) == pytest.approx(expected, abs=1e-5)

@@ -24,7 +24,8 @@ PROTOCOLS = {"1v1": ("1v1",), "1n": ("1n",), "both": ("1v1", "1n")}  # names in 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", type=Path, help="facekd checkpoint or insightface backbone.pth")
+    source.add_argument("--model", type=Path, help="facekd checkpoint, insightface backbone.pth, or an ONNX "
+                        "face-recognition model (its input convention read from the file and printed)")
     source.add_argument("--embeddings", type=Path, help=".npy of raw flip-summed embeddings for one target")
     parser.add_argument("--arch", default=None, help="backbone name (r18 r34 r50 r100 r200 mbf mbf_large) "
                         "when the weights file does not say")

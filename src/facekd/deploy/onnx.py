@@ -3,6 +3,9 @@
 The graph takes `data` (N x 3 x H x W, float32 RGB in [-1, 1], the name insightface's
 `arcface_torch/torch2onnx.py` gives and its model zoo's `ArcFaceONNX` reads) with a dynamic batch
 dimension, and returns `embedding` (N x D, the raw backbone output, before L2 normalisation).
+So a user feeds (pixel - 127.5) / 127.5 in RGB, insightface's convention for its ONNX models; the
+file says so in its metadata (`facekd.pixel_mean`, `facekd.pixel_std`, `facekd.channel_order`,
+`facekd.input_size`), which `facekd eval --model X.onnx` and ONNX teachers read.
 
 The exporter is PyTorch's `torch.export`-based one (`torch.onnx.export(..., dynamo=True)`), the
 default since PyTorch 2.9; the TorchScript exporter is deprecated. It needs `onnxscript`, which is a
@@ -51,7 +54,12 @@ def export_model_proto(model: nn.Module, input_size: int):
         external_data=False,
         verbose=False,
     )
-    return program.model_proto
+    proto = program.model_proto
+    for key, value in {"facekd.pixel_mean": "127.5", "facekd.pixel_std": "127.5", "facekd.channel_order": "RGB",
+                       "facekd.input_size": str(input_size)}.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    return proto
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int) -> None:

@@ -11,6 +11,14 @@ the input's device. Models differ in what they expect, so the preprocessing is d
   subtracts 127.5 and multiplies by 1/128 itself), as are insightface's models converted from mxnet.
 - `channel_order`: "RGB" (insightface, SFace) or "BGR".
 
+Left unset (None), the convention is read from the model (`detect_convention`): first the metadata
+facekd's export writes (`facekd.pixel_mean`, `facekd.pixel_std`, `facekd.channel_order`); else the
+graph itself, as insightface's `ArcFaceONNX` does: when the image input passes through a subtraction
+and a multiplication before the first convolution, the graph normalises by itself (mean 0, std 1).
+insightface looks for those nodes by name among the first 8; facekd follows the input's consumers,
+which also finds them in quantised graphs whose first nodes dequantise weights (SFace's int8 file).
+Otherwise insightface's 127.5 / 127.5.
+
 The input size is read from the graph. A graph with a fixed batch size (SFace's is 1) is run in
 chunks of that size. Graph inputs that no node reads are pruned before the session is created
 (onnxruntime otherwise demands a value for each), and initializers listed as graph inputs are made
@@ -20,6 +28,7 @@ plain constants so onnxruntime can fold them.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +40,51 @@ from facekd.errors import CheckpointError, ConfigError
 INSIGHTFACE_PIXEL_MEAN = 127.5
 INSIGHTFACE_PIXEL_STD = 127.5
 CHANNEL_ORDERS = ("RGB", "BGR")
+METADATA_KEYS = {"pixel_mean": "facekd.pixel_mean", "pixel_std": "facekd.pixel_std",
+                 "channel_order": "facekd.channel_order"}
+LAYER_OPS = {"Conv", "Gemm", "MatMul", "ConvInteger", "QLinearConv"}
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """How pixels (0..255) become the model's input: (pixel - mean) / std, in channel_order."""
+
+    pixel_mean: float
+    pixel_std: float
+    channel_order: str
+    source: str  # where it came from, for the start-up line
+
+    def describe(self) -> str:
+        return (f"input (pixel - {self.pixel_mean:g}) / {self.pixel_std:g}, {self.channel_order} "
+                f"[{self.source}]")
+
+
+def normalises_in_graph(model) -> bool:
+    """True when the image input goes through Sub (or Add) and Mul (or Div) before the first layer."""
+    graph = model.graph
+    name, seen = graph.input[0].name, set()
+    for _ in range(16):
+        users = [node for node in graph.node if name in node.input]
+        if len(users) != 1 or users[0].op_type in LAYER_OPS:
+            break
+        seen.add(users[0].op_type)
+        name = users[0].output[0]
+    return bool(seen & {"Sub", "Add"}) and bool(seen & {"Mul", "Div"})
+
+
+def detect_convention(model) -> InputConvention:
+    """The model's input convention from facekd's metadata, else its graph (module docstring)."""
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    if all(key in props for key in METADATA_KEYS.values()):
+        try:
+            return InputConvention(float(props[METADATA_KEYS["pixel_mean"]]), float(props[METADATA_KEYS["pixel_std"]]),
+                                   props[METADATA_KEYS["channel_order"]], "facekd metadata")
+        except ValueError:
+            pass  # unreadable metadata: fall back to the graph
+    if normalises_in_graph(model):
+        return InputConvention(0.0, 1.0, "RGB", "normalised inside the graph: Sub and Mul before the first layer")
+    return InputConvention(INSIGHTFACE_PIXEL_MEAN, INSIGHTFACE_PIXEL_STD, "RGB",
+                           "no normalisation in the graph: insightface's default")
 
 
 def load_pruned_model(path: str | os.PathLike):
@@ -73,17 +127,25 @@ class OnnxEmbedder:
         path: str | os.PathLike,
         *,
         providers: list[str] | None = None,
-        pixel_mean: float = INSIGHTFACE_PIXEL_MEAN,
-        pixel_std: float = INSIGHTFACE_PIXEL_STD,
-        channel_order: str = "RGB",
+        pixel_mean: float | None = None,
+        pixel_std: float | None = None,
+        channel_order: str | None = None,
         threads: int | None = None,
     ):
-        if channel_order not in CHANNEL_ORDERS:
+        if channel_order and channel_order not in CHANNEL_ORDERS:
             raise ConfigError(f"channel_order: found {channel_order!r}, expected one of {CHANNEL_ORDERS}")
         if pixel_std == 0:
             raise ConfigError("pixel_std: found 0, expected a non-zero scale")
         self.path = Path(path)
         model = load_pruned_model(self.path)
+        detected = detect_convention(model)
+        given = (pixel_mean, pixel_std, channel_order or None)
+        self.convention = InputConvention(
+            detected.pixel_mean if pixel_mean is None else pixel_mean,
+            detected.pixel_std if pixel_std is None else pixel_std,
+            channel_order or detected.channel_order,
+            detected.source if all(v is None for v in given) else "as given" if None not in given
+            else f"as given where set, else {detected.source}")
         input_dims = _dims(model.graph.input[0])
         output_dims = _dims(model.graph.output[0])
         if len(input_dims) != 4 or input_dims[1] != 3:
@@ -95,9 +157,9 @@ class OnnxEmbedder:
         self.input_size: int = input_dims[2]
         self.embedding_size: int = output_dims[1]
         self.fixed_batch: int | None = input_dims[0]
-        self.pixel_mean = pixel_mean
-        self.pixel_std = pixel_std
-        self.channel_order = channel_order
+        self.pixel_mean = self.convention.pixel_mean
+        self.pixel_std = self.convention.pixel_std
+        self.channel_order = self.convention.channel_order
         self.session = inference_session(model, threads=threads, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 

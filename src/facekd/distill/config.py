@@ -20,10 +20,12 @@ class TeacherConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # build_backbone options of that architecture
     head: str = field(default="", metadata=PATH)  # class centres (C x D) for a backbone.pth teacher
     input_size: int = 0  # 0: as the checkpoint was trained (or the ONNX graph declares), else 112
-    # ONNX teachers: how the model expects its pixels (insightface: mean 127.5, std 127.5, RGB).
-    onnx_pixel_mean: float = 127.5
-    onnx_pixel_std: float = 127.5
-    onnx_channel_order: str = "RGB"
+    # ONNX teachers: how the model expects its pixels, (pixel - mean) / std in this channel order.
+    # Unset (null / ""): read from the model (facekd metadata, or normalisation inside the graph as
+    # insightface detects it; else insightface's 127.5 / 127.5 RGB). The choice is logged at start.
+    onnx_pixel_mean: float | None = None
+    onnx_pixel_std: float | None = None
+    onnx_channel_order: str = ""
 
 
 @dataclass

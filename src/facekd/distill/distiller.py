@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from facekd.data.transforms import network_input
 from facekd.distill.teacher import CENTRE_COSINE, COSINE, EMBEDDING, POOLED, STAGES, Teacher, TeacherOutputs
+from facekd.errors import ConfigError
 from facekd.train.task import Task
 
 NEED_WORDS = {

@@ -6,16 +6,20 @@ weights is the field's classic mistake.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from facekd.data.transforms import network_input
 from facekd.distill.teacher import Teacher
 from facekd.distill.config import TeacherConfig
 from facekd.errors import CheckpointError, ConfigError
 from facekd.models.loading import read_weights_file
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_INPUT_SIZE = 112
 
@@ -74,13 +78,42 @@ def _checkpoint_centres(path: Path) -> Tensor | None:
     return weight.float() if isinstance(weight, Tensor) and weight.ndim == 2 else None
 
 
+COLLAPSE_COSINE = 0.8  # mean cosine between different identities above which a teacher says nothing
+COLLAPSE_IDENTITIES = 32
+
+
+def check_teacher_separates(teacher: Teacher, samples, convention: str) -> float:
+    """Embed one image of each of up to 32 identities; stop when their mean pairwise cosine is above
+    0.8, the sign of a wrong input convention (every face maps to nearly the same embedding).
+    Returns the mean cosine."""
+    labels = np.asarray(samples.labels)
+    _, first = np.unique(labels, return_index=True)
+    chosen = np.sort(first)[:COLLAPSE_IDENTITIES]
+    if len(chosen) < 2:
+        return 0.0
+    images = torch.stack([torch.as_tensor(samples[int(i)]["image"]) for i in chosen])
+    with torch.inference_mode():
+        embeddings = teacher.network(network_input(images, teacher.input_size)).float()
+    unit = torch.nn.functional.normalize(embeddings, dim=1)
+    cosine = unit @ unit.T
+    count = len(chosen)
+    mean = float((cosine.sum() - cosine.diagonal().sum()) / (count * (count - 1)))
+    if mean > COLLAPSE_COSINE:
+        raise ConfigError(
+            f"teacher {teacher.source}: mean cosine {mean:.3f} between {count} different identities, expected at "
+            f"most {COLLAPSE_COSINE} (a collapsed teacher); {convention}: set teacher.onnx_pixel_mean, "
+            "onnx_pixel_std and onnx_channel_order to what the model expects")
+    return mean
+
+
 def _onnx_teacher(path: Path, config: TeacherConfig) -> Teacher:
     from facekd.deploy.onnx_teacher import OnnxEmbedder
 
     if config.head:
         raise ConfigError(f"teacher.head: ONNX teachers are embedding-only; {config.head} cannot be attached")
     embedder = OnnxEmbedder(path, pixel_mean=config.onnx_pixel_mean, pixel_std=config.onnx_pixel_std,
-                            channel_order=config.onnx_channel_order)
+                            channel_order=config.onnx_channel_order or None)
+    logger.info("teacher %s: %s", path, embedder.convention.describe())
     if config.input_size and config.input_size != embedder.input_size:
         raise ConfigError(f"teacher.input_size: {config.input_size}, but {path} declares {embedder.input_size} px")
     return Teacher(embedder, input_size=embedder.input_size, source=str(path))

@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from facekd.distill.cache import TeacherCache, dataset_fingerprint, teacher_fingerprint
 from facekd.distill.config import DistillExperimentConfig
 from facekd.distill.distiller import Distiller, DistillSetup, PipelineMethod, StudentSpec
-from facekd.distill.loading import load_teacher
+from facekd.distill.loading import check_teacher_separates, load_teacher
 from facekd.distill.registry import distiller_class, method_options
 from facekd.distill.teacher import CACHEABLE_OUTPUTS, CENTRE_COSINE, EMBEDDING, Teacher
 from facekd.errors import ConfigError
@@ -31,11 +31,18 @@ CACHE_MODES = ("auto", "on", "off")
 FINAL_NAME = "final.json"  # a pipeline's pointer to its final student's checkpoint
 
 
+logger = logging.getLogger(__name__)
+
 def build_setup(config: DistillExperimentConfig, samples, world: World) -> DistillSetup:
     head = config.head
     extra = {"attributes": Path(config.distill.attributes)} if config.distill.attributes else {}
+    teacher = load_teacher(config.teacher).to(world.device)
+    convention = getattr(teacher.network, "convention", None)
+    if convention is not None:  # an ONNX teacher: its input convention may be wrong
+        mean = check_teacher_separates(teacher, samples, convention.describe())
+        logger.info("teacher %s: mean cosine %.3f between different identities", teacher.source, mean)
     return DistillSetup(
-        teacher=load_teacher(config.teacher).to(world.device),
+        teacher=teacher,
         student=StudentSpec(config.model.backbone, backbone_options(config), config.model.input_size),
         num_classes=samples.num_classes,
         margin=(head.s, head.m1, head.m2, head.m3),

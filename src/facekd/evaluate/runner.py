@@ -113,7 +113,15 @@ class Evaluation:
 
         device = pick_device(args.device)
         model, input_size = None, args.input_size
-        if args.model is not None:
+        if args.model is not None and Path(args.model).suffix.lower() == ".onnx":
+            from facekd.deploy.onnx_teacher import OnnxEmbedder
+
+            model = OnnxEmbedder(args.model)
+            if args.input_size not in (None, model.input_size):
+                raise ConfigError(f"--input-size {args.input_size}: {args.model} declares {model.input_size} px")
+            input_size = model.input_size
+            print(f"{args.model}: {model.convention.describe()}; {input_size} px, {model.embedding_size}-d")
+        elif args.model is not None:
             overrides = {} if args.input_size is None else {"input_size": args.input_size}
             model = load_backbone(args.model, args.arch, **overrides).to(device)
             input_size = backbone_spec(model)[1].get("input_size", input_size)
