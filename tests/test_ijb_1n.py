@@ -166,7 +166,8 @@ def test_cli_both_protocols_from_saved_embeddings(tmp_path, capsys):
     assert json.loads((out / "ijbc.json").read_text())["num_pairs"] == 4  # the 1:1 report as well
     assert np.load(out / "ijbc.npy").shape == (4,)
     printed = capsys.readouterr().out
-    assert "[IJBC 1:N] rank-1: 50.00" in printed and "TPIR@FPIR=0.1: 41.67" in printed
+    # One unit everywhere: fractions with 5 decimals, on stdout as in the .md and the JSON.
+    assert "[IJBC 1:N] rank-1: 0.50000" in printed and "TPIR@FPIR=0.1: 0.41667" in printed
 
 
 def test_cli_1n_alone_needs_no_pair_file(tmp_path):

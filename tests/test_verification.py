@@ -198,3 +198,36 @@ def test_odd_rows_rejected():
 def test_wrong_issame_length_rejected():
     with pytest.raises(DataError, match="one label per pair"):
         verification.evaluate(np.ones((8, 4)), np.ones(5, bool))
+
+
+def _pairs_at_squared_distances(distances):
+    """Unit 2-D embeddings: pair i is (e0, e0 rotated by theta_i), with 2 - 2 cos(theta_i) = d_i."""
+    rows = []
+    for d in distances:
+        theta = np.arccos(1.0 - d / 2.0)
+        rows += [[1.0, 0.0], [np.cos(theta), np.sin(theta)]]
+    return np.array(rows)
+
+
+def test_pooled_roc_auc_and_threshold_free_report_by_hand():
+    # Genuine pairs at squared distances 0.1 and 0.5, impostors at 0.3 and 0.9: of the 4
+    # (genuine, impostor) couples, 3 have the genuine pair closer, so AUC = 3/4.
+    embeddings = _pairs_at_squared_distances([0.1, 0.3, 0.5, 0.9])
+    issame = np.array([True, False, True, False])
+    free = verification.evaluate(embeddings, issame, nfolds=1)
+    assert free.threshold_free and np.isnan(free.accuracy) and np.isnan(free.val)
+    assert free.auc == pytest.approx(0.75)
+    # Pooled ROC points: thresholds between the sorted distances 0.1 < 0.3 < 0.5 < 0.9.
+    points = set(zip(np.round(free.pooled_fpr, 6), np.round(free.pooled_tpr, 6)))
+    assert {(0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)} <= points
+    assert verification.small_set_warnings(4, 2, nfolds=1) == []
+
+
+def test_pooled_roc_is_not_flattened_by_single_class_folds():
+    # Folds of 2 pairs that hold one class each: every fold's TPR (or FPR) is 0/0, which the fold
+    # mean turns into a flat curve; the pooled ROC still separates the classes perfectly.
+    embeddings = _pairs_at_squared_distances([0.1, 0.2, 1.5, 1.6])
+    issame = np.array([True, True, False, False])
+    result = verification.evaluate(embeddings, issame, nfolds=2)
+    assert result.auc == pytest.approx(1.0)
+    assert result.fpr.max() < 1.0 or result.tpr.max() < 1.0  # the fold mean cannot reach (1, 1)

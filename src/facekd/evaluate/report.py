@@ -50,6 +50,9 @@ IDENTIFICATION_AXES = CurveAxes("False positive identification rate", "True posi
 
 
 def verification_summary(result: VerificationResult) -> dict:
+    if result.threshold_free:
+        return {"auc": result.auc, "nfolds": 1, "xnorm": result.xnorm, "num_pairs": result.num_pairs,
+                "num_impostors": result.num_impostors}
     return {
         "accuracy": result.accuracy,
         "std": result.std,
@@ -59,7 +62,9 @@ def verification_summary(result: VerificationResult) -> dict:
         "val_std": result.val_std,
         "far": result.far,
         "xnorm": result.xnorm,
+        "auc": result.auc,
         "num_pairs": result.num_pairs,
+        "num_impostors": result.num_impostors,
     }
 
 
@@ -91,7 +96,8 @@ def ijb_identification_summary(target: str, result: IdentificationResult) -> dic
 
 
 def verification_curve(result: VerificationResult) -> Curve:
-    return Curve(result.fpr, result.tpr)
+    """The pooled ROC of all pairs (the fold mean is flat where a fold holds one class only)."""
+    return Curve(result.pooled_fpr, result.pooled_tpr)
 
 
 def ijb_curve(result: IJBResult) -> Curve:

@@ -46,7 +46,7 @@ class IJBVerification:
         results.verification = result
         with atomic_open(evaluation.out / f"{target.lower()}.npy", "wb") as handle:
             np.save(handle, result.scores)
-        table = "  ".join(f"{far:.0e}: {100 * tar:.2f}" for far, tar in result.tar_at_far.items())
+        table = "  ".join(f"{far:.0e}: {tar:.5f}" for far, tar in result.tar_at_far.items())
         print(f"[{target}] TAR@FAR  {table}")
         evaluation.write_report(target.lower(), f"{target} 1:1 verification", report.ijb_summary(result),
                            report.ijb_curve(result), report.IJB_AXES)
@@ -144,6 +144,12 @@ class Evaluation:
             result = verification.evaluate(self._saved_embeddings(), issame, nfolds=self.nfolds)
         stem = Path(bin_path).stem
         xnorm = "" if result.xnorm is None else f"  XNorm {result.xnorm:.5f}"
+        if result.threshold_free:
+            print(f"[{stem}] ROC AUC: {result.auc:.5f}{xnorm}  (--nfolds 1: no threshold is chosen, so no "
+                  "accuracy or VAL)")
+            self.write_report(stem, f"{stem} verification", report.verification_summary(result),
+                              report.verification_curve(result), report.VERIFICATION_AXES)
+            return result
         notes = verification.small_set_warnings(result.num_pairs, result.num_impostors, self.nfolds)
         val = ("not resolvable" if any(note.startswith("VAL@FAR") for note in notes)
                else f"{result.val:.5f}+-{result.val_std:.5f}")
@@ -190,8 +196,8 @@ class Evaluation:
 
     @staticmethod
     def print_identification(label: str, result: identification.IdentificationResult) -> None:
-        ranks = "  ".join(f"rank-{k}: {100 * rate:.2f}" for k, rate in result.rank_rates.items())
-        tpir = "  ".join(f"TPIR@FPIR={f:g}: {100 * t:.2f}" for f, t in result.tpir_at_fpir.items())
+        ranks = "  ".join(f"rank-{k}: {rate:.5f}" for k, rate in result.rank_rates.items())
+        tpir = "  ".join(f"TPIR@FPIR={f:g}: {t:.5f}" for f, t in result.tpir_at_fpir.items())
         print(f"[{label}] {ranks}  {tpir}")
 
     def _embed(self, images, flip: bool = True) -> np.ndarray:

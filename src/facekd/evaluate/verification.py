@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.metrics import auc, roc_curve
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
@@ -53,7 +54,15 @@ class VerificationResult:
     fpr: np.ndarray  # (400,)
     num_pairs: int
     num_impostors: int  # pairs of different identities
+    auc: float  # area under the pooled ROC
+    pooled_fpr: np.ndarray  # the ROC of all pairs at once (sklearn roc_curve): what reports plot
+    pooled_tpr: np.ndarray
     xnorm: float | None = None  # mean L2 norm of the raw (un-summed) embeddings, when known
+
+    @property
+    def threshold_free(self) -> bool:
+        """nfolds 1: no threshold is chosen, so there is no accuracy or VAL, only the ROC and AUC."""
+        return len(self.fold_accuracies) == 0
 
 
 def xnorm(*raw_embeddings: np.ndarray) -> float:
@@ -70,12 +79,24 @@ def pair_distances(embeddings: np.ndarray) -> np.ndarray:
 
 
 def evaluate(embeddings: np.ndarray, issame, nfolds: int = 10) -> VerificationResult:
-    """insightface `verification.evaluate` + `test`: fold accuracies, VAL@FAR=1e-3 and the ROC."""
+    """insightface `verification.evaluate` + `test`: fold accuracies, VAL@FAR=1e-3 and the ROC.
+
+    `nfolds` 1 is threshold-free: the ROC and AUC of all pairs, with NaN accuracy and VAL (a threshold
+    chosen and scored on the same pairs would flatter the model)."""
     embeddings = np.asarray(embeddings)
     issame = np.asarray(issame)
     _check_inputs(embeddings, issame, nfolds)
     issame = issame.astype(bool)
     dist = pair_distances(embeddings)
+    area, pooled_fpr, pooled_tpr = pooled_roc(dist, issame)
+    pooled = dict(num_pairs=len(dist), num_impostors=int((~issame).sum()), auc=area, pooled_fpr=pooled_fpr,
+                  pooled_tpr=pooled_tpr)
+    if nfolds == 1:
+        tp, fp, tn, fn = _confusion(dist, issame, ACCURACY_THRESHOLDS)
+        nan, empty = float("nan"), np.zeros(0)
+        return VerificationResult(accuracy=nan, std=nan, fold_accuracies=empty, thresholds=empty, val=nan,
+                                  val_std=nan, far=nan, roc_thresholds=ACCURACY_THRESHOLDS.copy(),
+                                  tpr=_rate(tp, tp + fn), fpr=_rate(fp, fp + tn), **pooled)
     folds = list(KFold(n_splits=nfolds, shuffle=False).split(np.arange(len(dist))))
 
     fold_accuracies, best_thresholds, tpr, fpr = _accuracy_folds(dist, issame, folds)
@@ -91,15 +112,25 @@ def evaluate(embeddings: np.ndarray, issame, nfolds: int = 10) -> VerificationRe
         roc_thresholds=ACCURACY_THRESHOLDS.copy(),
         tpr=tpr,
         fpr=fpr,
-        num_pairs=len(dist),
-        num_impostors=int((~issame).sum()),
+        **pooled,
     )
+
+
+def pooled_roc(dist: np.ndarray, issame: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """AUC, FPR and TPR of all pairs at once, a smaller distance meaning the same identity. A fold
+    mean of per-fold ROCs (insightface's `tpr`, `fpr`) is flat where a fold holds one class only."""
+    if issame.all() or not issame.any():
+        return float("nan"), np.zeros(0), np.zeros(0)
+    fpr, tpr, _ = roc_curve(issame.astype(int), -dist)
+    return float(auc(fpr, tpr)), fpr, tpr
 
 
 def small_set_warnings(num_pairs: int, num_impostors: int, nfolds: int, far: float = VAL_FAR_TARGET) -> list[str]:
     """What a small pair set cannot measure: too few pairs per fold, or too few impostor pairs in the
     training folds for VAL@FAR (its threshold would rest on less than one false accept)."""
     notes = []
+    if nfolds == 1:
+        return notes  # no threshold, no fold, no VAL
     per_fold = num_pairs / nfolds
     if per_fold < 30:
         notes.append(f"{num_pairs} pairs give {per_fold:.0f} per fold over {nfolds} folds; the fold std is "
@@ -123,8 +154,9 @@ def _check_inputs(embeddings: np.ndarray, issame: np.ndarray, nfolds: int) -> No
         )
     if not np.all(np.isfinite(embeddings)):
         raise DataError("embeddings: found NaN or infinite values, expected finite numbers")
-    if nfolds < 2 or nfolds > len(issame):
-        raise DataError(f"nfolds: found {nfolds}, expected between 2 and the number of pairs ({len(issame)})")
+    if nfolds < 1 or nfolds > len(issame):
+        raise DataError(f"nfolds: found {nfolds}, expected 1 (threshold-free ROC) up to the number of pairs "
+                        f"({len(issame)})")
 
 
 def _counts_below(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
