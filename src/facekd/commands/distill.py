@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=None, help="distillation method (see --list-methods)")
     parser.add_argument("--teacher", default=None, help="facekd checkpoint, insightface backbone.pth or .onnx")
     parser.add_argument("--teacher-head", default=None, help="class centres (C x D) for a backbone.pth teacher")
+    parser.add_argument("--teacher-centres", default=None, metavar="auto|derived|PATH",
+                        help="class centres: auto (the teacher's, else derived from its embeddings: the "
+                             "normalised mean per identity), derived (always), or a C x D file (as --teacher-head)")
     parser.add_argument("--student", default=None, help="student architecture, e.g. mbf, r18")
     parser.add_argument("--input-size", type=int, default=None, help="student input resolution in pixels")
     parser.add_argument("--data", default=None, help="training data: RecordIO folder, image folder or list file")
@@ -45,6 +48,10 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         "distill.method": args.method, "teacher.path": args.teacher, "teacher.head": args.teacher_head,
         "model.backbone": args.student, "model.input_size": args.input_size, "data.train": args.data,
     }
+    if args.teacher_centres in ("auto", "derived"):
+        flags["teacher.centres"] = args.teacher_centres
+    elif args.teacher_centres is not None:
+        flags["teacher.head"] = args.teacher_centres
     overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
     if args.val:
         overrides.append(f"data.val_bins=[{', '.join(args.val)}]")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from facekd.distill.centres import CENTRE_MODES
+from facekd.errors import ConfigError
 from facekd.train.config import PATH, ExperimentConfig
 
 
@@ -19,6 +21,9 @@ class TeacherConfig:
     arch: str = ""  # for a plain backbone.pth: the architecture (recognised from its keys if empty)
     kwargs: dict[str, Any] = field(default_factory=dict)  # build_backbone options of that architecture
     head: str = field(default="", metadata=PATH)  # class centres (C x D) for a backbone.pth teacher
+    # "": the centres of the teacher file or `head`; "auto": those, else derived from the teacher's
+    # embeddings (normalised mean per identity, facekd.distill.centres); "derived": always derived.
+    centres: str = ""
     input_size: int = 0  # 0: as the checkpoint was trained (or the ONNX graph declares), else 112
     # ONNX teachers: how the model expects its pixels, (pixel - mean) / std in this channel order.
     # Unset (null / ""): read from the model (facekd metadata, or normalisation inside the graph as
@@ -50,3 +55,6 @@ class DistillExperimentConfig(ExperimentConfig):
 
         if self.distill.method:
             method_options(self.distill.method, self.distill.options)
+        if self.teacher.centres not in CENTRE_MODES:
+            raise ConfigError(f"teacher.centres: found {self.teacher.centres!r}, expected auto, derived or empty "
+                              "(a centres file goes in teacher.head)")

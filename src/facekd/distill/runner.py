@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from facekd.distill.cache import TeacherCache, dataset_fingerprint, teacher_fingerprint
+from facekd.distill.centres import cached_derived_centres, centres_file
 from facekd.distill.config import DistillExperimentConfig
 from facekd.distill.distiller import Distiller, DistillSetup, PipelineMethod, StudentSpec
 from facekd.distill.loading import check_teacher_separates, load_teacher
@@ -41,6 +43,16 @@ def build_setup(config: DistillExperimentConfig, samples, world: World) -> Disti
     if convention is not None:  # an ONNX teacher: its input convention may be wrong
         mean = check_teacher_separates(teacher, samples, convention.describe())
         logger.info("teacher %s: mean cosine %.3f between different identities", teacher.source, mean)
+    mode = config.teacher.centres
+    if mode == "derived" or (mode == "auto" and teacher.centres is None):
+        fingerprint = {"teacher": teacher_fingerprint(dataclasses.replace(config.teacher, centres=""),
+                                                      teacher.input_size),
+                       "data": dataset_fingerprint(config.data.train, np.asarray(samples.labels))}
+        path = centres_file(Path(config.distill.cache_dir or default_cache_dir()), fingerprint)
+        derived = cached_derived_centres(teacher, samples, samples.num_classes, path, world.device)
+        teacher.centres = torch.nn.functional.normalize(derived.float(), dim=1).to(world.device)
+    elif mode == "auto":
+        logger.info("teacher %s: using its own class centres (teacher.centres auto)", teacher.source)
     return DistillSetup(
         teacher=teacher,
         student=StudentSpec(config.model.backbone, backbone_options(config), config.model.input_size),
