@@ -85,3 +85,22 @@ def test_eval_scores_the_exported_onnx_as_its_pytorch_original(student, tmp_path
     assert "input (pixel - 127.5) / 127.5, RGB [facekd metadata]; 56 px, 128-d" in capsys.readouterr().out
     assert reports["onnx"]["accuracy"] == reports["torch"]["accuracy"]
     assert reports["onnx"]["xnorm"] == pytest.approx(reports["torch"]["xnorm"], rel=1e-4)
+
+
+def test_a_56px_student_exports_at_112px_with_the_resize_in_the_graph(student, tmp_path):
+    from facekd.data.transforms import network_input
+    from facekd.deploy.onnx import inference_session
+    from facekd.models.loading import load_backbone
+
+    _, path = student
+    assert main(["export", str(path), "--onnx", str(tmp_path / "s112.onnx"), "--graph-input-size", "112"]) == 0
+    session = inference_session(tmp_path / "s112.onnx")
+    assert session.get_inputs()[0].shape[1:] == [3, 112, 112]
+    crops = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (3, 3, 112, 112), dtype=np.uint8))
+    got = session.run(None, {session.get_inputs()[0].name: network_input(crops, None).numpy()})[0]
+    model = load_backbone(path).eval()
+    with torch.inference_mode():
+        expected = model(network_input(crops, 56)).numpy()  # evaluation's own 112 -> 56 px rule
+    relative = np.linalg.norm(got - expected, axis=1) / np.linalg.norm(expected, axis=1)
+    assert relative.max() < 1e-4
+    assert main(["export", str(path), "--onnx", str(tmp_path / "x.onnx"), "--graph-input-size", "40"]) == 2

@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-size", type=int, help="input size in px (default: the size the model was built for, else 112)"
     )
     parser.add_argument(
+        "--graph-input-size", type=int, default=None, metavar="PX",
+        help="take PX x PX crops and resize inside the graph to the model's input size (e.g. 112 for a "
+             "low-resolution student, so it takes insightface's norm_crop crops)")
+    parser.add_argument(
         "--parity-data", help="a .bin or RecordIO folder for the parity images (default: synthetic aligned faces)"
     )
     parser.add_argument("--parity-images", type=int, default=16, help="how many images the parity check runs")
@@ -44,6 +48,13 @@ def run(args: argparse.Namespace) -> int:
     spec = getattr(model, "spec", None)
     input_size = args.input_size or (spec.kwargs.get("input_size", 112) if spec else 112)
     out = Path(args.onnx)
+    if args.graph_input_size is not None:
+        from facekd.deploy.onnx import ResizedInput
+
+        if args.graph_input_size < input_size:
+            raise ConfigError(f"--graph-input-size {args.graph_input_size}: smaller than the model's {input_size} px "
+                              "input; expected the size of the crops users make (e.g. 112)")
+        model, input_size = ResizedInput(model, input_size).eval(), args.graph_input_size
     export_onnx(model, out, input_size)
     parity_inputs = model_inputs(face_images(args.parity_data, args.parity_images), input_size)
     report = check_parity(model, inference_session(out), parity_inputs, what=str(out))

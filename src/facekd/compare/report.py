@@ -89,7 +89,7 @@ class Comparison:
             f"insightface's 10-fold accuracy); 1:N with {bench.gallery_identities} gallery identities, "
             f"{self.teacher.probes} probes and {bench.distractors} distractors.",
             f"Teacher: {teacher_net.describe()}, {plan.teacher.epochs} epochs. Every student: "
-            f"{plan.student.epochs} epochs, batch {plan.recipe.batch_size}, SGD lr {plan.recipe.lr:g}, cosine "
+            f"{plan.student.epochs} epoch{'s' if plan.student.epochs != 1 else ''}, batch {plan.recipe.batch_size}, SGD lr {plan.recipe.lr:g}, cosine "
             f"schedule, ArcFace s {plan.recipe.margin_s:g} m {plan.recipe.margin_m:g} as its identity loss. "
             f"The last epoch is scored: no checkpoint is selected on the test pairs.",
             f"Seeds: {', '.join(map(str, seeds))} ({len(seeds)}). Mean ± sample std over seeds, in percent.",

@@ -43,7 +43,7 @@ class Progress:
         eta = ""
         if self.trained_seconds:
             eta = f", about {_minutes(left * sum(self.trained_seconds) / len(self.trained_seconds))} left"
-        action = "reusing the finished run" if reused else f"training {epochs} epochs"
+        action = "reusing the finished run" if reused else f"training {epochs} epoch{'s' if epochs != 1 else ''}"
         self.say(f"[{self.done}/{self.total}] {run.label}, seed {seed}: {action} "
                  f"({_minutes(time.perf_counter() - self.started)} elapsed{eta})")
 

@@ -62,6 +62,22 @@ def export_model_proto(model: nn.Module, input_size: int):
     return proto
 
 
+class ResizedInput(nn.Module):
+    """A low-resolution network that takes larger crops: the graph resizes them first, with the
+    antialiased bilinear resize facekd's evaluation uses (`data.transforms.resize`), so a 56 px
+    student exported at 112 px takes the crops insightface's `norm_crop` makes."""
+
+    def __init__(self, network: nn.Module, network_size: int) -> None:
+        super().__init__()
+        self.network = network
+        self.network_size = network_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (self.network_size, self.network_size)
+        x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return self.network(x)
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int) -> None:
     """Write the model as one self-contained `.onnx` file (atomically)."""
     atomic_write_bytes(path, export_model_proto(model, input_size).SerializeToString())
