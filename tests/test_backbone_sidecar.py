@@ -104,3 +104,21 @@ def test_a_56px_student_exports_at_112px_with_the_resize_in_the_graph(student, t
     relative = np.linalg.norm(got - expected, axis=1) / np.linalg.norm(expected, axis=1)
     assert relative.max() < 1e-4
     assert main(["export", str(path), "--onnx", str(tmp_path / "x.onnx"), "--graph-input-size", "40"]) == 2
+
+
+def test_a_foreign_file_loads_with_arch_and_kwargs(student, tmp_path, capsys):
+    model, path = student
+    sidecar_path(path).unlink()  # a file from elsewhere: no side-car
+    rng = np.random.default_rng(2)
+    images = [encode_jpeg(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(40)]
+    write_pairs_bin(tmp_path / "pairs.bin", images, [k % 2 == 0 for k in range(20)])
+    common = ["--bin", str(tmp_path / "pairs.bin"), "--nfolds", "2", "--no-progress"]
+    assert main(["eval", "--model", str(path), *common, "--out", str(tmp_path / "a")]) == 2
+    assert "no known backbone fits" in capsys.readouterr().err
+    kwargs = "{width: 0.125, num_features: 128, input_size: 56}"
+    assert main(["eval", "--model", str(path), "--arch", "r18", "--kwargs", kwargs, *common,
+                 "--out", str(tmp_path / "b")]) == 0
+    assert main(["export", str(path), "--arch", "r18", "--kwargs", kwargs, "--onnx", str(tmp_path / "f.onnx")]) == 0
+    assert main(["eval", "--model", str(path), "--arch", "r18", "--kwargs", "[1, 2]", *common,
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "--kwargs: found '[1, 2]', expected a YAML mapping" in capsys.readouterr().err

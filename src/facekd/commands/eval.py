@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--embeddings", type=Path, help=".npy of raw flip-summed embeddings for one target")
     parser.add_argument("--arch", default=None, help="backbone name (r18 r34 r50 r100 r200 mbf mbf_large) "
                         "when the weights file does not say")
+    parser.add_argument("--kwargs", default=None, metavar="YAML",
+                        help="with --arch, for a weights file without its side-car: the build_backbone options it "
+                             "was trained with, e.g. \"{width: 0.125, num_features: 128, input_size: 56}\"")
     parser.add_argument("--input-size", type=int, default=None,
                         help="network input size for a low-resolution student (images are resized to it)")
     parser.add_argument("--bin", type=Path, action="append", default=[], help="verification .bin (repeatable)")

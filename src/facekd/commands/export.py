@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="facekd checkpoint or insightface backbone.pth")
     parser.add_argument("--onnx", required=True, help="output .onnx path")
     parser.add_argument("--arch", help="architecture name, if the weights file does not say")
+    parser.add_argument("--kwargs", default=None, metavar="YAML",
+                        help="with --arch, for a weights file without its side-car: the build_backbone options it "
+                             "was trained with, e.g. \"{width: 0.125, num_features: 128, input_size: 56}\"")
     parser.add_argument(
         "--input-size", type=int, help="input size in px (default: the size the model was built for, else 112)"
     )
@@ -44,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--quantize static: needs --calib-data, a .bin or RecordIO folder of face images")
     if (args.calib_data or args.bin or args.int8_out) and not args.quantize:
         raise ConfigError("--calib-data/--bin/--int8-out: given without --quantize dynamic|static")
-    model = ModelSource.from_args(args.model, args.arch).build(args.input_size or 112)
+    from facekd.models.loading import kwargs_flag
+
+    model = ModelSource.from_args(args.model, args.arch, kwargs=kwargs_flag(args.kwargs)).build(args.input_size or 112)
     spec = getattr(model, "spec", None)
     input_size = args.input_size or (spec.kwargs.get("input_size", 112) if spec else 112)
     out = Path(args.onnx)

@@ -12,6 +12,9 @@ HELP = "parameters, FLOPs, CPU latency and memory of a backbone, with ratios to 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="facekd checkpoint or insightface backbone.pth (omit with --arch)")
     parser.add_argument("--arch", help="architecture name (r18 r34 r50 r100 r200 mbf mbf_large); alone: no weights")
+    parser.add_argument("--kwargs", default=None, metavar="YAML",
+                        help="with --arch, for a weights file without its side-car: the build_backbone options it "
+                             "was trained with, e.g. \"{width: 0.125, num_features: 128, input_size: 56}\"")
     parser.add_argument("--fcn", action="store_true", help="with --arch alone: the fully convolutional variant")
     parser.add_argument("--width", type=float, default=1.0, help="with --arch alone: channel width multiplier")
     parser.add_argument("--resolution", type=int, nargs="+", default=[112], help="input sizes in px (default 112)")
@@ -38,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
         large_batch_repeats=args.large_repeats,
         fast=args.fast,
     )
-    source = ModelSource.from_args(args.model, args.arch, fcn=args.fcn, width=args.width)
+    from facekd.models.loading import kwargs_flag
+
+    source = ModelSource.from_args(args.model, args.arch, fcn=args.fcn, width=args.width,
+                                   kwargs=kwargs_flag(args.kwargs))
     reference_source = ModelSource.from_args(args.reference, None if args.reference else args.reference_arch)
     # Build (and so validate) every model before any timing: a bad name or file fails at once.
     models = [(source.build(size), size) for size in args.resolution]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,12 +43,14 @@ class ModelSource:
     arch: str | None
     fcn: bool = False
     width: float = 1.0
+    kwargs: dict = field(default_factory=dict)  # build_backbone options of a file without its side-car
 
     @classmethod
-    def from_args(cls, path: str | None, arch: str | None, *, fcn: bool = False, width: float = 1.0) -> ModelSource:
+    def from_args(cls, path: str | None, arch: str | None, *, fcn: bool = False, width: float = 1.0,
+                  kwargs: dict | None = None) -> ModelSource:
         if path is None and arch is None:
             raise ConfigError("MODEL: found neither a weights file nor --arch, expected one of them")
-        return cls(Path(path) if path else None, arch, fcn, width)
+        return cls(Path(path) if path else None, arch, fcn, width, dict(kwargs or {}))
 
     @property
     def label(self) -> str:
@@ -66,7 +68,7 @@ class ModelSource:
 
         if self.path is not None:
             # fp16 only changes autocast on GPU; the exported and profiled graph is float32.
-            model = load_backbone(self.path, name=self.arch, fp16=False)
+            model = load_backbone(self.path, name=self.arch, **{**self.kwargs, "fp16": False})
         else:
             from facekd.deploy.samples import model_inputs, synthetic_aligned_faces
 

@@ -108,7 +108,7 @@ class Evaluation:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Evaluation:
         from facekd.models.backbone import backbone_spec
-        from facekd.models.loading import load_backbone
+        from facekd.models.loading import kwargs_flag, load_backbone
         from facekd.runtime import pick_device
 
         device = pick_device(args.device)
@@ -123,7 +123,7 @@ class Evaluation:
             print(f"{args.model}: {model.convention.describe()}; {input_size} px, {model.embedding_size}-d")
         elif args.model is not None:
             overrides = {} if args.input_size is None else {"input_size": args.input_size}
-            model = load_backbone(args.model, args.arch, **overrides).to(device)
+            model = load_backbone(args.model, args.arch, **{**kwargs_flag(args.kwargs), **overrides}).to(device)
             input_size = backbone_spec(model)[1].get("input_size", input_size)
         source = args.model if args.model is not None else args.embeddings
         return cls(

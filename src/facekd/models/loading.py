@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from facekd.errors import CheckpointError
+from facekd.errors import CheckpointError, ConfigError
 from facekd.fileio import atomic_open, atomic_write_text, read_utf8
 from facekd.models.backbone import Backbone, backbone_spec, build_backbone
 from facekd.models.manifest import best_fit, build_manifest, compare, head_options, manifest_of
@@ -87,6 +87,24 @@ def _plain_state_dict(path: str | os.PathLike, content: Any) -> dict[str, Tensor
     if all(str(key).startswith(DDP_PREFIX) for key in content):
         return {key[len(DDP_PREFIX):]: value for key, value in content.items()}
     return dict(content)
+
+
+def kwargs_flag(text: str | None) -> dict[str, Any]:
+    """The `--kwargs` flag: a YAML mapping of build_backbone options, e.g. "{width: 0.125, input_size: 56}"."""
+    if not text:
+        return {}
+    import yaml
+
+    from facekd.train.config import load_yaml
+
+    try:
+        value = load_yaml(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--kwargs: found {text!r}, expected a YAML mapping such as "
+                          "\"{width: 0.125, num_features: 128, input_size: 56}\"")
+    return value
 
 
 def load_backbone(path: str | os.PathLike, name: str | None = None, **kwargs: Any) -> Backbone:
