@@ -163,3 +163,20 @@ def test_presets_load_and_their_methods_are_the_five_seed_methods():
 def test_an_unknown_plan_is_named():
     with pytest.raises(ConfigError, match="--plan: found 'nowhere.yaml', expected quick or default"):
         load_plan("nowhere.yaml")
+
+
+def test_a_plan_file_extends_a_preset_and_its_variants_set_the_teacher_centres(tmp_path):
+    from facekd.compare.training import student_config
+
+    (tmp_path / "plan.yaml").write_text("extends: quick\nvariants:\n  margin_derived: {method: margin, "
+                                        "teacher_centres: derived}\n")
+    plan = load_plan(str(tmp_path / "plan.yaml"))
+    assert plan.benchmark == load_plan("quick").benchmark and plan.source == str(tmp_path / "plan.yaml")
+    run = plan.run("margin_derived")
+    config = student_config(plan, run, 0, tmp_path, tmp_path / "teacher.pt", tmp_path / "out", tmp_path / "cache")
+    assert config.teacher.centres == "derived" and config.distill.method == "margin"
+    assert student_config(plan, plan.run("margin"), 0, tmp_path, tmp_path / "teacher.pt", tmp_path / "out",
+                          tmp_path / "cache").teacher.centres == ""
+    (tmp_path / "bad.yaml").write_text("extends: huge\n")
+    with pytest.raises(ConfigError, match="extends: found 'huge', expected one of quick, default"):
+        load_plan(str(tmp_path / "bad.yaml"))

@@ -10,8 +10,9 @@ with shallow, typed sections:
     recipe:     {batch_size, lr, margin_s, margin_m, warmup_epochs}
     method_networks: method -> network        a method whose student differs (resolution: low_res)
     method_options:  method -> options        a method's options in this plan
-    variants:   label -> {method, network, options}   named runs, usable in --methods
+    variants:   label -> {method, network, options, teacher_centres}   named runs, usable in --methods
     methods:    the runs `compare` trains when --methods is not given
+    extends:    a preset (quick, default) whose sections this file replaces one by one
 
 A run is named on the command line as `METHOD[:option=value...][@NETWORK]`, e.g. `margin`,
 `resolution:mode=kt@px24` or `baseline@low_res`; `baseline` trains the student with no teacher.
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from facekd.data.synthetic import SynthConfig
+from facekd.distill.centres import CENTRE_MODES
 from facekd.distill.registry import available_methods, method_options
 from facekd.errors import ConfigError
 from facekd.fileio import read_utf8
@@ -85,6 +87,7 @@ class Run:
     method: str  # BASELINE or a registered distillation method
     network: str
     options: dict[str, Any] = field(default_factory=dict)
+    teacher_centres: str = ""  # teacher.centres of the run: "" (the teacher's), auto or derived
 
     @property
     def is_baseline(self) -> bool:
@@ -180,7 +183,7 @@ def _typed(section: type, raw: Any, where: str, source: str) -> Any:
 
 
 SECTIONS = ("benchmark", "networks", "teacher", "student", "recipe", "method_networks", "method_options",
-            "variants", "methods")
+            "variants", "methods", "extends")
 
 
 def plan_from_data(raw: Any, source: str) -> ComparePlan:
@@ -214,21 +217,23 @@ def plan_from_data(raw: Any, source: str) -> ComparePlan:
     variants = {}
     for label, body in _mapping(raw.get("variants"), "variants", source).items():
         body = _mapping(body, f"variants.{label}", source)
-        unknown = sorted(set(body) - {"method", "network", "options"})
+        unknown = sorted(set(body) - {"method", "network", "options", "teacher_centres"})
         if unknown or "method" not in body:
-            raise ConfigError(f"{source}: variants.{label}: expected the fields method, network (optional) and "
-                              f"options (optional), found {', '.join(sorted(body)) or 'none'}")
+            raise ConfigError(f"{source}: variants.{label}: expected the fields method, network, options and "
+                              f"teacher_centres (all but method optional), found {', '.join(sorted(body)) or 'none'}")
+        centres = str(body.get("teacher_centres") or "")
+        if centres not in CENTRE_MODES:
+            raise ConfigError(f"{source}: variants.{label}.teacher_centres: found {centres!r}, expected auto or derived")
         entry = str(body["method"]) + (f"@{body['network']}" if body.get("network") else "")
         run = plan.run(entry)
         options = {**run.options, **_mapping(body.get("options"), f"variants.{label}.options", source)}
         if not run.is_baseline:
             method_options(run.method, options)
-        variants[str(label)] = Run(str(label), run.method, run.network, options)
+        variants[str(label)] = Run(str(label), run.method, run.network, options, centres)
     return dataclasses.replace(plan, variants=variants)
 
 
-def load_plan(name: str) -> ComparePlan:
-    """A packaged preset (quick, default) or a plan file."""
+def _raw_plan(name: str) -> tuple[Any, str]:
     if name in PRESETS:
         text = resources.files("facekd").joinpath("presets", f"compare_{name}.yaml").read_text()
         source = f"the {name} plan"
@@ -238,7 +243,17 @@ def load_plan(name: str) -> ComparePlan:
             raise ConfigError(f"--plan: found {name!r}, expected {' or '.join(PRESETS)} or a plan YAML file")
         text, source = read_utf8(path, "a compare plan (YAML)", ConfigError), str(path)
     try:
-        raw = load_yaml(text)
+        return load_yaml(text), source
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def load_plan(name: str) -> ComparePlan:
+    """A packaged preset (quick, default) or a plan file, which may extend a preset."""
+    raw, source = _raw_plan(name)
+    if isinstance(raw, dict) and "extends" in raw:
+        base = str(raw.pop("extends"))
+        if base not in PRESETS:
+            raise ConfigError(f"{source}: extends: found {base!r}, expected one of {', '.join(PRESETS)}")
+        raw = {**_raw_plan(base)[0], **raw}
     return plan_from_data(raw, source)

@@ -90,6 +90,8 @@ def student_config(plan: ComparePlan, run: Run, seed: int, data: Path, teacher: 
     if run.is_baseline:
         return from_dict(raw, ExperimentConfig, source=f"compare run {run.label}")
     raw["teacher"] = {"path": str(teacher)}
+    if run.teacher_centres:
+        raw["teacher"]["centres"] = run.teacher_centres
     raw["distill"] = {"method": run.method, "options": dict(run.options), "attributes": str(data / "celeba"),
                       "cache_dir": str(cache_dir), "cache_dtype": "float32"}
     config = from_dict(raw, DistillExperimentConfig, source=f"compare run {run.label}")
