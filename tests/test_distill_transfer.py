@@ -230,6 +230,48 @@ def test_alignment_steps_lower_the_loss(tmp_path):
     assert losses[-1] < losses[0]
 
 
+class ScaledBackbone(torch.nn.Module):
+    """A backbone whose embeddings are 1,000 times larger (a trained recognition net's norms are large)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * 1000.0
+
+
+def test_alignment_head_is_stable_at_the_recipe_lr_whatever_the_embedding_norm(tmp_path):
+    """SGD at lr 0.1 (the compare recipe's) on embeddings of norm ~1e3: the head reads normalised
+    features, so the loss falls instead of exploding (it reached 1e8 with raw features)."""
+    write_celeba(tmp_path, count=16)
+    teacher = tiny_teacher()
+    samples = LandmarkSamples(CelebAFaces(tmp_path / "celeba", landmarks=True), np.arange(16))
+    teacher_head = fit_teacher_head(teacher, samples, "embedding", ridge=1.0, batch_size=8, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    student = build_backbone("r18", **STUDENT)
+    task = AlignmentStudent(ScaledBackbone(student), teacher, head=LandmarkHead(32, samples.mean_shape()),
+                            teacher_head=teacher_head, features="embedding", beta=0.5,
+                            backbone_spec=("r18", STUDENT), input_size=32)
+    items = [samples[i] for i in range(8)]
+    batch = {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in items[0]}
+    batch["flipped"] = torch.zeros(8, dtype=torch.bool)
+    images = task.student_input(batch["image"])
+    small = AlignmentStudent(student, teacher, head=task.head, teacher_head=teacher_head, features="embedding",
+                             beta=0.5, backbone_spec=("r18", STUDENT), input_size=32)
+    torch.testing.assert_close(task.predict(images), small.predict(images))  # scale-free
+    optimiser = torch.optim.SGD(task.head.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(20):
+        out = task(batch)
+        loss = out["loss_landmarks"] + out["loss_teacher"]
+        losses.append(loss.item())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0] and max(losses) < 10 * losses[0]
+
+
 def test_pipeline_runs_three_stages_through_the_engine(tmp_path):
     folder = write_celeba(tmp_path, count=24)
     teacher = tiny_teacher()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.linear_model import Ridge
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -168,6 +169,12 @@ class AlignmentStudent(Distiller):
 
     loss_landmarks = ||y_s - y_gt||^2 and loss_teacher = beta * ||y_s - y_t||^2, squared Euclidean
     norms over the 10 unit coordinates, averaged over the batch.
+
+    The student's head reads L2-normalised features. A recognition embedding's norm is 10 to 10,000,
+    and a linear regression on it is stable under SGD only for lr below about 1 / norm^2: at the
+    recipe's lr (0.1) the raw head diverged (held-out NME in the millions, measured). Normalised, the
+    head's step size no longer depends on the norm. (The teacher's head is a closed-form ridge fit
+    and reads its raw features.)
     """
 
     name = "transfer-alignment"
@@ -188,7 +195,7 @@ class AlignmentStudent(Distiller):
         self.beta = beta
 
     def predict(self, x: Tensor) -> Tensor:
-        return self.head(student_features(self.backbone, x, self.features))
+        return self.head(F.normalize(student_features(self.backbone, x, self.features).float(), dim=1))
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         teacher = self.teacher_outputs(batch)
