@@ -30,7 +30,7 @@ from facekd.distill.width_init import COMPRESSED, COPIED, init_from_teacher
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
 from facekd.train.engine import Trainer
-from train_helpers import tiny_config
+from train_helpers import ScaledEmbeddings, tiny_config
 
 STUDENT = {"width": 0.125, "fcn": True, "num_features": 32, "input_size": 32}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -175,8 +175,8 @@ def _setup(tmp_path, teacher, **options) -> DistillSetup:
     )
 
 
-def _steps(task, batch: dict, count: int, lr: float = 3e-3) -> list[float]:
-    optimiser = torch.optim.Adam([p for p in task.parameters() if p.requires_grad], lr=lr)
+def _steps(task, batch: dict, count: int, lr: float = 3e-3, optimiser=None) -> list[float]:
+    optimiser = optimiser or torch.optim.Adam([p for p in task.parameters() if p.requires_grad], lr=lr)
     totals = []
     for _ in range(count):
         out = task(batch)
@@ -230,17 +230,6 @@ def test_alignment_steps_lower_the_loss(tmp_path):
     assert losses[-1] < losses[0]
 
 
-class ScaledBackbone(torch.nn.Module):
-    """A backbone whose embeddings are 1,000 times larger (a trained recognition net's norms are large)."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x) * 1000.0
-
-
 def test_alignment_head_is_stable_at_the_recipe_lr_whatever_the_embedding_norm(tmp_path):
     """SGD at lr 0.1 (the compare recipe's) on embeddings of norm ~1e3: the head reads normalised
     features, so the loss falls instead of exploding (it reached 1e8 with raw features)."""
@@ -250,7 +239,7 @@ def test_alignment_head_is_stable_at_the_recipe_lr_whatever_the_embedding_norm(t
     teacher_head = fit_teacher_head(teacher, samples, "embedding", ridge=1.0, batch_size=8, device=torch.device("cpu"))
     torch.manual_seed(0)
     student = build_backbone("r18", **STUDENT)
-    task = AlignmentStudent(ScaledBackbone(student), teacher, head=LandmarkHead(32, samples.mean_shape()),
+    task = AlignmentStudent(ScaledEmbeddings(student, 1000.0), teacher, head=LandmarkHead(32, samples.mean_shape()),
                             teacher_head=teacher_head, features="embedding", beta=0.5,
                             backbone_spec=("r18", STUDENT), input_size=32)
     items = [samples[i] for i in range(8)]
@@ -260,15 +249,7 @@ def test_alignment_head_is_stable_at_the_recipe_lr_whatever_the_embedding_norm(t
     small = AlignmentStudent(student, teacher, head=task.head, teacher_head=teacher_head, features="embedding",
                              beta=0.5, backbone_spec=("r18", STUDENT), input_size=32)
     torch.testing.assert_close(task.predict(images), small.predict(images))  # scale-free
-    optimiser = torch.optim.SGD(task.head.parameters(), lr=0.1, momentum=0.9)
-    losses = []
-    for _ in range(20):
-        out = task(batch)
-        loss = out["loss_landmarks"] + out["loss_teacher"]
-        losses.append(loss.item())
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    losses = _steps(task, batch, 20, optimiser=torch.optim.SGD(task.head.parameters(), lr=0.1, momentum=0.9))
     assert all(np.isfinite(losses)) and losses[-1] < losses[0] and max(losses) < 10 * losses[0]
 
 

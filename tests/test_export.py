@@ -14,6 +14,7 @@ from facekd.deploy.model_source import ModelSource
 from facekd.deploy.onnx import PARITY_TOLERANCE, ParityError, check_parity, export_onnx, inference_session
 from facekd.deploy.samples import model_inputs, synthetic_aligned_faces
 from facekd.models.loading import load_backbone
+from train_helpers import ScaledEmbeddings
 
 
 @pytest.fixture(scope="module")
@@ -61,20 +62,9 @@ def test_dynamic_batch_and_parity_on_real_faces(exported_mbf, faces):
     assert report.images == 6 and report.max_relative_error <= PARITY_TOLERANCE and report.min_cosine > 1 - 1e-6
 
 
-class Scaled(torch.nn.Module):
-    """A backbone whose embeddings are 10,000 times larger, like a briefly trained teacher's."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x) * 1e4
-
-
 def test_parity_is_scale_free(exported_mbf, faces, tmp_path):
     model, _ = exported_mbf
-    big = Scaled(model).eval()
+    big = ScaledEmbeddings(model, 1e4).eval()  # norms near 10,000, like a briefly trained teacher's
     export_onnx(big, tmp_path / "big.onnx", 112)
     report = check_parity(big, inference_session(tmp_path / "big.onnx"), model_inputs(faces[:3], 112))
     assert report.max_relative_error <= PARITY_TOLERANCE and report.min_cosine > 1 - 1e-6

@@ -83,3 +83,15 @@ def samples(count: int = 64, **kwargs) -> TrainSamples:
 
 def task_weights(task: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in task.state_dict().items() if torch.is_tensor(v)}
+
+
+class ScaledEmbeddings(nn.Module):
+    """A backbone whose embeddings are `factor` times larger (trained recognition nets have large norms)."""
+
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.factor
