@@ -103,7 +103,8 @@ class Comparison:
         ]
         for result in self.results:
             cost = self.costs[result.run.network]
-            cells = [percent(*mean_and_std([c.value(s) for s in result.scores])) for c in self.columns]
+            cells = [percent(*mean_and_std([c.value(s) for s in result.scores])) if len(result.scores) > 1
+                     else percent(c.value(result.scores[0])) for c in self.columns]  # one seed: no spread
             lines.append(f"| {result.run.label} | {result.run.network} | " + " | ".join(cells) +
                          f" | {cost.flops / 1e6:.1f} | {cost.flops / teacher_cost.flops:.3f} | "
                          f"{self.latency(result.run.network)} | {self.train_time(result)} |")
