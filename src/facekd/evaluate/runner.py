@@ -144,16 +144,14 @@ class Evaluation:
             result = verification.evaluate(self._saved_embeddings(), issame, nfolds=self.nfolds)
         stem = Path(bin_path).stem
         xnorm = "" if result.xnorm is None else f"  XNorm {result.xnorm:.5f}"
+        notes = verification.small_set_warnings(result.num_pairs, result.num_impostors, self.nfolds)
         if result.threshold_free:
             print(f"[{stem}] ROC AUC: {result.auc:.5f}{xnorm}  (--nfolds 1: no threshold is chosen, so no "
                   "accuracy or VAL)")
-            self.write_report(stem, f"{stem} verification", report.verification_summary(result),
-                              report.verification_curve(result), report.VERIFICATION_AXES)
-            return result
-        notes = verification.small_set_warnings(result.num_pairs, result.num_impostors, self.nfolds)
-        val = ("not resolvable" if any(note.startswith("VAL@FAR") for note in notes)
-               else f"{result.val:.5f}+-{result.val_std:.5f}")
-        print(f"[{stem}] Accuracy-Flip: {result.accuracy:.5f}+-{result.std:.5f}{xnorm}  VAL@FAR=1e-3: {val}")
+        else:
+            val = ("not resolvable" if any(note.startswith("VAL@FAR") for note in notes)
+                   else f"{result.val:.5f}+-{result.val_std:.5f}")
+            print(f"[{stem}] Accuracy-Flip: {result.accuracy:.5f}+-{result.std:.5f}{xnorm}  VAL@FAR=1e-3: {val}")
         for note in notes:
             print(f"[{stem}] warning: {note}")
         self.write_report(stem, f"{stem} verification", report.verification_summary(result),
