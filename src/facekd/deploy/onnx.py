@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facekd.data.transforms import resize
 from facekd.errors import FacekdError
 from facekd.fileio import atomic_write_bytes
 
@@ -73,9 +74,7 @@ class ResizedInput(nn.Module):
         self.network_size = network_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = (self.network_size, self.network_size)
-        x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return self.network(x)
+        return self.network(resize(x, self.network_size))
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int) -> None:
