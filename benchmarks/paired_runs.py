@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from facekd.compare.report import interval, metrics
+from facekd.compare.scoring import TestScores
 from facekd.evaluate.paired import paired_difference
 
 
-def metric_values(run: dict, key: str) -> dict[int, float]:
-    values = {}
-    for seed, scores in zip(run["seeds"], run["scores"]):
-        values[seed] = scores["tar"][key[4:]] if key.startswith("tar@") else scores[key]
-    return values
+def scores_by_seed(run: dict) -> dict[int, TestScores]:
+    return {seed: TestScores(**scores) for seed, scores in zip(run["seeds"], run["scores"])}
 
 
 def main() -> None:
@@ -31,18 +30,15 @@ def main() -> None:
     if len(args.labels) % 2:
         parser.error("labels come in pairs: A B [A B ...]")
     document = json.loads(open(args.compare_json).read())
-    runs = {run["label"]: run for run in document["runs"]}
-    keys = ["accuracy", *(f"tar@{far}" for far in document["teacher"]["scores"]["tar"]), "rank1"]
-    print("| A | B | " + " | ".join(f"Δ {key}" for key in keys) + " |")
-    print("|---|---|" + "---|" * len(keys))
+    runs = {run["label"]: scores_by_seed(run) for run in document["runs"]}
+    columns = metrics(list(document["teacher"]["scores"]["tar"]))  # compare.md's columns
+    print("| A | B | " + " | ".join(f"Δ {column.title}" for column in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
     for first, second in zip(args.labels[0::2], args.labels[1::2]):
-        cells = []
-        for key in keys:
-            a, b = metric_values(runs[first], key), metric_values(runs[second], key)
-            seeds = sorted(set(a) & set(b))
-            diff = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
-            mark = " *" if diff.resolved else ""
-            cells.append(f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]{mark}")
+        a, b = runs[first], runs[second]
+        seeds = sorted(set(a) & set(b))
+        cells = [interval(paired_difference([column.value(a[s]) for s in seeds], [column.value(b[s]) for s in seeds]))
+                 for column in columns]
         print(f"| {first} | {second} | " + " | ".join(cells) + " |")
 
 
