@@ -33,7 +33,7 @@ from facekd.distill.centres import CENTRE_MODES
 from facekd.distill.registry import available_methods, method_options
 from facekd.errors import ConfigError
 from facekd.fileio import read_utf8
-from facekd.train.config import coerce, load_yaml
+from facekd.train.config import coerce, load_yaml, section_from_dict
 
 BASELINE = "baseline"  # the student trained with its identity loss alone, no teacher
 PRESETS = ("quick", "default")
@@ -166,20 +166,8 @@ def _mapping(raw: Any, where: str, source: str) -> dict:
 
 
 def _typed(section: type, raw: Any, where: str, source: str) -> Any:
-    """A frozen dataclass from a mapping: unknown and wrongly typed fields refused."""
-    import typing
-
-    body = _mapping(raw, where, source)
-    hints = typing.get_type_hints(section)
-    names = {f.name for f in dataclasses.fields(section)}
-    unknown = sorted(set(body) - names)
-    if unknown:
-        raise ConfigError(f"{source}: unknown field {where}.{unknown[0]}, expected one of {', '.join(sorted(names))}")
-    values = {key: coerce(value, hints[key], f"{where}.{key}", source) for key, value in body.items()}
-    try:
-        return section(**values)
-    except TypeError as exc:  # a required field left out
-        raise ConfigError(f"{source}: {where}: {exc}") from None
+    """A frozen dataclass from a mapping, by the config loader's own rules."""
+    return section_from_dict(_mapping(raw, where, source), section, where, source)
 
 
 SECTIONS = ("benchmark", "networks", "teacher", "student", "recipe", "method_networks", "method_options",

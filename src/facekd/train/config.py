@@ -196,11 +196,12 @@ def from_dict(raw: dict, schema: type[Config], source: str = "config") -> Config
             body = {}
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: section {name!r} must be a mapping, found {type(body).__name__}")
-        values[name] = _section_from_dict(body, section_type, name, source)
+        values[name] = section_from_dict(body, section_type, name, source)
     return schema(**values)
 
 
-def _section_from_dict(body: dict, section_type: type, section: str, source: str) -> Any:
+def section_from_dict(body: dict, section_type: type, section: str, source: str) -> Any:
+    """One dataclass from a mapping: unknown fields, wrong types and missing required fields refused."""
     fields = {f.name for f in dataclasses.fields(section_type)}
     hints = typing.get_type_hints(section_type)
     values = {}
@@ -208,7 +209,10 @@ def _section_from_dict(body: dict, section_type: type, section: str, source: str
         if key not in fields:
             raise ConfigError(f"{source}: unknown field {section}.{key}, expected one of {', '.join(sorted(fields))}")
         values[key] = coerce(value, hints[key], f"{section}.{key}", source)
-    return section_type(**values)
+    try:
+        return section_type(**values)
+    except TypeError as exc:  # a required field left out
+        raise ConfigError(f"{source}: {section}: {exc}") from None
 
 
 def coerce(value: Any, expected: Any, where: str, source: str = "config") -> Any:
