@@ -19,7 +19,7 @@ from pathlib import Path
 
 from facekd.compare.plan import load_plan
 from facekd.compare.scoring import cached_scores
-from facekd.compare.training import ensure_data, student_config, teacher_config, train_config
+from facekd.compare.training import ensure_data, ensure_trained, student_config, teacher_config
 from facekd.distill.runner import final_checkpoint
 from facekd.runtime import pick_device
 from facekd.train.distributed import World
@@ -38,7 +38,7 @@ def distill(method: str, batch: tuple[int, int, int] | None, plan, data: Path, t
         train = dataclasses.replace(config.train, batch_size=random, balanced_identities=identities,
                                     balanced_images=images)
         config = dataclasses.replace(config, train=train)
-    train_config(config, world)
+    ensure_trained(config, world)
     return final_checkpoint(folder)
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     world = World(0, 1, device)
     data = ensure_data(args.out, plan, workers=2, say=print)
     teacher = teacher_config(plan, data, args.out)
-    train_config(teacher, world)
+    ensure_trained(teacher, world)
     teacher_checkpoint = Path(teacher.train.out) / "checkpoint.pt"
     print(f"{'method':8} {'batches':9} {'accuracy (%)':>14} {'TAR@FAR=1e-2':>13} {'rank-1':>7}   per seed")
     for method, balanced in BALANCED.items():

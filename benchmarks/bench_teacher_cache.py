@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from facekd.compare.plan import load_plan
-from facekd.compare.training import ensure_data, teacher_config, train_config, training_section
+from facekd.compare.training import ensure_data, ensure_trained, teacher_config, training_section
 from facekd.distill.config import DistillExperimentConfig
 from facekd.distill.runner import distill
 from facekd.runtime import pick_device
@@ -47,7 +47,7 @@ def main() -> None:
     world = World(0, 1, pick_device("auto"))
     data = ensure_data(args.out, plan, workers=2, say=print)
     teacher_run = teacher_config(plan, data, args.out)
-    train_config(teacher_run, world)
+    ensure_trained(teacher_run, world)
     teacher = Path(teacher_run.train.out) / "checkpoint.pt"
     live = timed_run(plan, data, teacher, args.out / "live", args.epochs, "off", world)
     cached = timed_run(plan, data, teacher, args.out / "cached", args.epochs, "on", world)

@@ -74,9 +74,10 @@ def run_compare(out: Path, plan: ComparePlan, runs: list[Run], seeds: list[int],
     data = ensure_data(out, plan, synth_workers, say)
 
     teacher = teacher_config(plan, data, out)
-    say(f"teacher: {'reusing' if is_done(teacher) else f'training {plan.teacher.epochs} epochs'} -> "
-        f"{teacher.train.out}")
-    train_config(teacher, world)
+    teacher_done = is_done(teacher)
+    say(f"teacher: {'reusing' if teacher_done else f'training {plan.teacher.epochs} epochs'} -> {teacher.train.out}")
+    if not teacher_done:
+        train_config(teacher, world)
     teacher_checkpoint = Path(teacher.train.out) / "checkpoint.pt"
 
     progress = Progress(len(runs) * len(seeds), say)
@@ -88,7 +89,7 @@ def run_compare(out: Path, plan: ComparePlan, runs: list[Run], seeds: list[int],
             config = student_config(plan, run, seed, data, teacher_checkpoint, folder, out / "teacher_cache")
             reused.append(is_done(config))
             progress.start(run, seed, plan.student.epochs, reused[-1])
-            spent = train_config(config, world)
+            spent = 0.0 if reused[-1] else train_config(config, world)
             progress.finished(spent)
             checkpoints.append(final_checkpoint(folder))
             seconds.append(recorded_seconds(folder, spent))

@@ -64,9 +64,7 @@ def is_done(config: Any) -> bool:
 
 
 def train_config(config: Any, world: World) -> float:
-    """Train one network unless a finished run of this config is there; returns the seconds spent."""
-    if is_done(config):
-        return 0.0
+    """Train one network; returns the seconds spent."""
     start = time.perf_counter()
     seed_everything(config.train.seed)
     if isinstance(config, DistillExperimentConfig):
@@ -75,6 +73,11 @@ def train_config(config: Any, world: World) -> float:
         samples = open_train_samples(config.data)
         Trainer(build_classification_task(config, samples.num_classes), samples, config, world=world).fit()
     return time.perf_counter() - start
+
+
+def ensure_trained(config: Any, world: World) -> float:
+    """Train one network unless a finished run of this config is there; returns the seconds spent."""
+    return 0.0 if is_done(config) else train_config(config, world)
 
 
 def teacher_config(plan: ComparePlan, data: Path, out: Path) -> ExperimentConfig:
