@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from facekd.distill.cache import TeacherCache, dataset_fingerprint, teacher_fingerprint
 from facekd.distill.centres import cached_derived_centres, centres_file
@@ -45,12 +44,11 @@ def build_setup(config: DistillExperimentConfig, samples, world: World) -> Disti
         logger.info("teacher %s: mean cosine %.3f between different identities", teacher.source, mean)
     mode = config.teacher.centres
     if mode == "derived" or (mode == "auto" and teacher.centres is None):
-        fingerprint = {"teacher": teacher_fingerprint(dataclasses.replace(config.teacher, centres=""),
-                                                      teacher.input_size),
-                       "data": dataset_fingerprint(config.data.train, np.asarray(samples.labels))}
+        # The mode itself does not change the centres: left out of their key.
+        fingerprint = teacher_and_data(dataclasses.replace(config.teacher, centres=""), teacher, config, samples)
         path = centres_file(Path(config.distill.cache_dir or default_cache_dir()), fingerprint)
-        derived = cached_derived_centres(teacher, samples, samples.num_classes, path, world.device)
-        teacher.centres = torch.nn.functional.normalize(derived.float(), dim=1).to(world.device)
+        teacher.use_centres(cached_derived_centres(teacher, samples, samples.num_classes, path, world.device))
+        teacher.to(world.device)
     elif mode == "auto":
         logger.info("teacher %s: using its own class centres (teacher.centres auto)", teacher.source)
     return DistillSetup(
@@ -69,13 +67,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facekd" / "teacher"
 
 
+def teacher_and_data(teacher_config, teacher: Teacher, config: DistillExperimentConfig, samples) -> dict:
+    """What fixes anything computed from the teacher over the training set: its config and input
+    size, and the data."""
+    return {"teacher": teacher_fingerprint(teacher_config, teacher.input_size),
+            "data": dataset_fingerprint(config.data.train, np.asarray(samples.labels))}
+
+
 def cache_fingerprint(config: DistillExperimentConfig, distiller: Distiller, samples) -> dict:
     """Everything that changes the cached teacher outputs (the fields are checked on open)."""
-    return {
-        "teacher": teacher_fingerprint(config.teacher, distiller.teacher.input_size),
-        "data": dataset_fingerprint(config.data.train, np.asarray(samples.labels)),
-        "dtype": config.distill.cache_dtype,
-    }
+    return {**teacher_and_data(config.teacher, distiller.teacher, config, samples),
+            "dtype": config.distill.cache_dtype}
 
 
 def shared_fields(teacher: Teacher) -> set[str]:

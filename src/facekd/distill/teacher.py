@@ -56,7 +56,13 @@ class Teacher:
         if isinstance(network, nn.Module):
             network.eval()
             network.requires_grad_(False)
-        self.centres = None if centres is None else F.normalize(centres.detach().float(), dim=1)
+        self.centres = None
+        if centres is not None:
+            self.use_centres(centres)
+
+    def use_centres(self, centres: Tensor) -> None:
+        """Class centres (C x D), kept L2-normalised, on the device they are given on."""
+        self.centres = F.normalize(centres.detach().float(), dim=1)
 
     @property
     def has_stages(self) -> bool:
