@@ -56,41 +56,38 @@ def test_pick_face_prefers_the_larger_face():
     assert pick_face([], (100, 100, 3)) is None
 
 
-def test_align_command_writes_crops_and_lists_the_photo_without_a_face(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def astronaut_folder(root, suffix: str):
+    """root/astronaut/ holding the photo and its mirror image, as `suffix` files; returns the folder."""
     import cv2
 
-    person = tmp_path / "src" / "astronaut"
+    person = root / "astronaut"
     person.mkdir(parents=True)
     bgr = data.astronaut()[:, :, ::-1]
-    cv2.imwrite(str(person / "a.jpg"), bgr)
-    cv2.imwrite(str(person / "flipped.jpg"), bgr[:, ::-1])
-    cv2.imwrite(str(person / "blank.jpg"), bgr * 0)
-    src_dir = str(Path(__file__).resolve().parents[1] / "src")
-    result = subprocess.run([sys.executable, "-m", "facekd", "align", str(tmp_path / "src"), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src_dir}, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out" / "astronaut").iterdir()) == ["a.jpg", "flipped.jpg"]
-    assert cv2.imread(str(tmp_path / "out" / "astronaut" / "a.jpg")).shape == (112, 112, 3)
-    assert "skipped (no face):" in result.stdout and "blank.jpg" in result.stdout
-    assert "skipped 1 without a face" in result.stdout
+    cv2.imwrite(str(person / f"a{suffix}"), bgr)
+    cv2.imwrite(str(person / f"flipped{suffix}"), bgr[:, ::-1])
+    return person
 
 
-def test_pack_rec_detect_writes_a_rec_from_the_astronaut_and_its_mirror(tmp_path):
+def test_align_command_writes_crops_and_lists_the_photo_without_a_face(tmp_path, capsys):
     import cv2
 
     from facekd.cli import main
+
+    person = astronaut_folder(tmp_path / "src", ".jpg")
+    cv2.imwrite(str(person / "blank.jpg"), data.astronaut()[:, :, ::-1] * 0)
+    assert main(["align", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out" / "astronaut").iterdir()) == ["a.jpg", "flipped.jpg"]
+    assert cv2.imread(str(tmp_path / "out" / "astronaut" / "a.jpg")).shape == (112, 112, 3)
+    assert "skipped (no face):" in printed and "blank.jpg" in printed
+    assert "skipped 1 without a face" in printed
+
+
+def test_pack_rec_detect_writes_a_rec_from_the_astronaut_and_its_mirror(tmp_path):
+    from facekd.cli import main
     from facekd.data.face_rec import RecordIODataset
 
-    person = tmp_path / "photos" / "astronaut"
-    person.mkdir(parents=True)
-    bgr = data.astronaut()[:, :, ::-1]
-    cv2.imwrite(str(person / "a.png"), bgr)
-    cv2.imwrite(str(person / "flipped.png"), bgr[:, ::-1])
+    astronaut_folder(tmp_path / "photos", ".png")
     assert main(["pack", "rec", str(tmp_path / "photos"), "--detect", "--out", str(tmp_path / "rec")]) == 0
     dataset = RecordIODataset(tmp_path / "rec" / "train.rec")
     assert len(dataset) == 2
