@@ -160,8 +160,8 @@ class Comparison:
                 mean, std = mean_and_std([column.value(s) for s in result.scores])
                 entry["summary"][column.key] = {"mean": mean, "std": std}
                 if not result.run.is_baseline:
-                    entry["paired"][column.key] = asdict(self.paired(result, column)) | {
-                        "resolved": self.paired(result, column).resolved}
+                    diff = self.paired(result, column)
+                    entry["paired"][column.key] = asdict(diff) | {"resolved": diff.resolved}
             runs.append(entry)
         return {"plan": self.plan.source, "benchmark": asdict(self.plan.benchmark),
                 "networks": {name: asdict(net) for name, net in self.plan.networks.items()},
