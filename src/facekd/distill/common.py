@@ -13,6 +13,7 @@ from facekd.distill.distiller import DistillSetup
 from facekd.errors import ConfigError
 from facekd.models import build_backbone
 from facekd.models.heads import CombinedMargin, MarginClassifier
+from facekd.models.partial_fc import ClassShard, PartialFC
 from facekd.runtime import module_device
 
 # Per-sample distances, averaged over the batch. n(v) = v / ||v||.
@@ -76,9 +77,25 @@ def embedding_size(backbone: nn.Module) -> int:
     return int(backbone.spec.kwargs["num_features"])
 
 
-def build_margin_head(setup: DistillSetup, size: int) -> MarginClassifier:
-    """The student's own classifier with the config's identity-loss margin."""
-    return MarginClassifier(size, setup.num_classes, CombinedMargin(*setup.margin))
+def build_margin_head(setup: DistillSetup, size: int) -> MarginClassifier | PartialFC:
+    """The student's own classifier with the config's identity-loss margin (sharded under Partial FC)."""
+    margin = CombinedMargin(*setup.margin)
+    if setup.partial_fc:
+        return PartialFC(size, setup.num_classes, margin, sample_rate=setup.sample_rate)
+    return MarginClassifier(size, setup.num_classes, margin)
+
+
+def class_shard(setup: DistillSetup, method: str) -> ClassShard | None:
+    """This process's class range when head.partial_fc is set (None: one full classifier).
+
+    Methods whose classes are frozen or distilled score every class of their shard, so they
+    refuse sampling."""
+    if not setup.partial_fc:
+        return None
+    if setup.sample_rate != 1.0:
+        raise ConfigError(f"head.sample_rate: found {setup.sample_rate}, but {method} scores every class of its "
+                          "shard under Partial FC; expected 1.0")
+    return ClassShard.of_process_group(setup.num_classes)
 
 
 def build_student_with_embedding(setup: DistillSetup, method: str, size: int) -> nn.Module:

@@ -54,6 +54,8 @@ class DistillSetup:
     out_dir: Path  # where a method writes artefacts (selected neurons, stage checkpoints, ...)
     extra_data: dict[str, Path] = dataclasses.field(default_factory=dict)  # e.g. {"attributes": celeba folder}
     batches_per_epoch: int = 0  # training forward passes per epoch, for options counted in epochs (0: unknown)
+    partial_fc: bool = False  # head.partial_fc: class centres sharded across processes (facekd.models.partial_fc)
+    sample_rate: float = 1.0  # head.sample_rate, for methods whose identity head is a plain Partial FC
 
 
 class Distiller(Task):
@@ -72,6 +74,8 @@ class Distiller(Task):
     Options: ClassVar[type] = NoOptions
     # False for methods whose teacher outputs depend on anything but (image, flip, label).
     cacheable: ClassVar[bool] = True
+    # Why the method cannot run with head.partial_fc, and what to use instead ("" when it can).
+    partial_fc_refusal: ClassVar[str] = ""
 
     def __init__(
         self,

@@ -7,19 +7,27 @@ from torch import Tensor, nn
 
 from facekd.errors import ConfigError
 from facekd.models.heads import CombinedMargin
+from facekd.models.partial_fc import ClassShard, ShardLayout
+from facekd.models.sharded_logits import sharded_kl_divergence
 
 MARGIN_LOSSES = ("arcface", "cosface")
 
 
 class HintonKDLoss(nn.Module):
-    """T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes, mean over the batch."""
+    """T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes, mean over the batch.
 
-    def __init__(self, temperature: float = 4.0) -> None:
+    `sharded`: the logits are this process's class columns under Partial FC (row max and sum
+    all-reduced, facekd.models.sharded_logits)."""
+
+    def __init__(self, temperature: float = 4.0, *, sharded: bool = False) -> None:
         super().__init__()
         self.temperature = temperature
+        self.sharded = sharded
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None) -> Tensor:
         t = self.temperature
+        if self.sharded:
+            return sharded_kl_divergence(student_logits, teacher_logits, t)
         log_student = F.log_softmax(student_logits / t, dim=1)
         teacher = F.softmax(teacher_logits / t, dim=1)
         return F.kl_div(log_student, teacher, reduction="batchmean") * t * t
@@ -48,14 +56,23 @@ def centre_cosine_matrix(embeddings: Tensor, centres: Tensor) -> Tensor:
 
 
 class FrozenCentreMarginLoss(nn.Module):
-    """Margin softmax against fixed class centres."""
+    """Margin softmax against fixed class centres; with a `shard`, this process's rows of them
+    score the global batch (Partial FC)."""
 
-    def __init__(self, centres: Tensor, margin: CombinedMargin) -> None:
+    def __init__(self, centres: Tensor, margin: CombinedMargin, *, shard: ClassShard | None = None) -> None:
         super().__init__()
+        self.shard = shard
+        self.classes = shard or ClassShard.whole(centres.shape[0])
         # Not persistent: the centres are the teacher's and are rebuilt from it, not checkpointed.
-        self.register_buffer("centres", F.normalize(centres.detach().float(), dim=1), persistent=False)
+        self.register_buffer("centres", F.normalize(self.classes.rows(centres).detach().float(), dim=1),
+                             persistent=False)
         self.margin = margin
 
+    def row_shards(self) -> dict[str, ShardLayout]:
+        return {"centres": self.shard.layout} if self.shard else {}
+
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        logits = self.margin(centre_cosine_matrix(embeddings, self.centres), labels)
-        return F.cross_entropy(logits, labels)
+        classes = self.classes
+        local = classes.local_labels(classes.gather(labels))
+        logits = self.margin(centre_cosine_matrix(classes.gather_embeddings(embeddings), self.centres), local)
+        return classes.cross_entropy(logits, local)

@@ -60,6 +60,8 @@ def build_setup(config: DistillExperimentConfig, samples, world: World) -> Disti
         out_dir=Path(config.train.out),
         extra_data=extra,
         batches_per_epoch=batches_per_epoch(len(samples), config.train, world.size),
+        partial_fc=head.partial_fc,
+        sample_rate=head.sample_rate,
     )
 
 
@@ -148,9 +150,8 @@ def final_checkpoint(out: Path) -> Path:
 
 def distill(config: DistillExperimentConfig, world: World) -> TrainResult:
     """Train one student; for a multi-stage method (`PipelineMethod`), the result of its final stage."""
-    if config.head.partial_fc:
-        raise ConfigError("head.partial_fc: distillation methods build their own full classifier; set it to false")
     method = distiller_class(config.distill.method)
+    check_partial_fc(config, method)
     samples = open_train_samples(config.data)
     setup = build_setup(config, samples, world)
     evaluator = bin_evaluator(config, world.device) if world.is_main else None
@@ -169,6 +170,16 @@ def distill(config: DistillExperimentConfig, world: World) -> TrainResult:
         load_weights_into(config.model.init, distiller.backbone)
     attach_cache(distiller, config, samples, world)
     return Trainer(distiller, samples, config, world=world, evaluator=evaluator).fit()
+
+
+def check_partial_fc(config: DistillExperimentConfig, method: type[Distiller]) -> None:
+    """Refuse, before any work, a Partial FC setting the method cannot honour."""
+    head = config.head
+    if head.partial_fc and method.partial_fc_refusal:
+        raise ConfigError(f"head.partial_fc: method {method.name!r} cannot shard its classes: "
+                          f"{method.partial_fc_refusal} (or set head.partial_fc: false)")
+    if head.sample_rate != 1.0 and not head.partial_fc:
+        raise ConfigError(f"head.sample_rate is {head.sample_rate}, but sampling needs head.partial_fc: true")
 
 
 class StageFitter:

@@ -12,6 +12,9 @@ Class-centre gradients are exact per shard; DDP must not sync the centres.
 
 Without a process group (or with world_size 1) this is the full margin classifier.
 
+`ClassShard` is the same split and global batch without centres of its own: the distillers'
+frozen or EMA class centres use it under Partial FC (facekd.distill).
+
 Checkpoints: `state_dict()` holds the local shard and its layout (`_extra_state`). To resume
 on another number of processes, gather the full matrix with `full_centres()` (collective)
 or `full_centres_from_shards(...)`, then give each rank `shard_state(full, rank, world_size)`.
@@ -24,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facekd.errors import CheckpointError, ConfigError
@@ -98,16 +102,67 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         return probs, None, None
 
 
+class ClassShard:
+    """A process's contiguous class range and the global batch it scores (PartialFC's split).
+
+    `of_process_group(C)`: this rank's range under torch.distributed (all classes in one process).
+    `whole(C)`: every class, batch not gathered: the single-classifier form, also under DDP.
+    """
+
+    def __init__(self, layout: ShardLayout) -> None:
+        self.layout = layout
+
+    @classmethod
+    def of_process_group(cls, num_classes: int) -> "ClassShard":
+        rank, world_size = _distributed()
+        if num_classes < world_size:
+            raise ConfigError(f"partial FC: {num_classes} classes cannot be split over {world_size} ranks")
+        return cls(ShardLayout.of(num_classes, rank, world_size))
+
+    @classmethod
+    def whole(cls, num_classes: int) -> "ClassShard":
+        return cls(ShardLayout.of(num_classes, 0, 1))
+
+    @property
+    def distributed(self) -> bool:
+        return self.layout.world_size > 1
+
+    def rows(self, full: Tensor) -> Tensor:
+        """This shard's rows of a per-class tensor."""
+        return full[self.layout.class_start: self.layout.class_start + self.layout.num_local]
+
+    def gather_embeddings(self, embeddings: Tensor) -> Tensor:
+        """The global batch's embeddings, with the gradient convention of the module docstring."""
+        if not self.distributed:
+            return embeddings
+        embeddings = _ScaleGradient.apply(embeddings, float(self.layout.world_size))
+        return torch.cat(world_ops.all_gather_with_grad(embeddings))
+
+    def gather(self, tensor: Tensor) -> Tensor:
+        """The global batch's rows of a per-sample tensor (no gradient), in rank order."""
+        return torch.cat(world_ops.all_gather(tensor)) if self.distributed else tensor
+
+    def local_labels(self, labels: Tensor) -> Tensor:
+        """Labels as local column indices; -1 where the class lives on another shard."""
+        start, count = self.layout.class_start, self.layout.num_local
+        local = (labels >= start) & (labels < start + count)
+        return torch.where(local, labels - start, torch.full_like(labels, -1))
+
+    def cross_entropy(self, logits: Tensor, local_labels: Tensor) -> Tensor:
+        """Mean softmax cross-entropy over the global batch and every shard's classes."""
+        if self.distributed:
+            return _ShardedCrossEntropy.apply(logits, local_labels, True)
+        return F.cross_entropy(logits, local_labels, ignore_index=-1)
+
+
 class PartialFC(nn.Module):
     def __init__(self, embedding_size: int, num_classes: int, margin: CombinedMargin | None = None,
                  *, sample_rate: float = 1.0, fp16: bool = False) -> None:
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
             raise ConfigError(f"partial FC sample_rate: found {sample_rate}, expected 0 < rate <= 1")
-        rank, world_size = _distributed()
-        if num_classes < world_size:
-            raise ConfigError(f"partial FC: {num_classes} classes cannot be split over {world_size} ranks")
-        self.layout = ShardLayout.of(num_classes, rank, world_size)
+        self.shard = ClassShard.of_process_group(num_classes)
+        self.layout = self.shard.layout
         self.margin = margin if margin is not None else CombinedMargin()
         self.sample_rate = sample_rate
         self.fp16 = fp16
@@ -145,14 +200,10 @@ class PartialFC(nn.Module):
         `generator` drives the negative sampling when sample_rate < 1 (default: torch's).
         """
         labels = labels.reshape(-1).long()
-        if self.distributed:
-            embeddings = _ScaleGradient.apply(embeddings, float(self.layout.world_size))
-            embeddings = torch.cat(world_ops.all_gather_with_grad(embeddings))
-            labels = torch.cat(world_ops.all_gather(labels))
-
-        start, count = self.layout.class_start, self.layout.num_local
-        local = (labels >= start) & (labels < start + count)
-        local_labels = torch.where(local, labels - start, torch.full_like(labels, -1))
+        embeddings = self.shard.gather_embeddings(embeddings)
+        local_labels = self.shard.local_labels(self.shard.gather(labels))
+        local = local_labels != -1
+        count = self.layout.num_local
         centres = self.weight
         if self.num_sample < count:
             index = self._sample(local_labels[local], generator)
@@ -161,7 +212,13 @@ class PartialFC(nn.Module):
 
         cosine = normalized_cosine(embeddings, centres, self.fp16)
         logits = self.margin(cosine, local_labels)
-        return {"loss": _ShardedCrossEntropy.apply(logits, local_labels, self.distributed)}
+        loss = _ShardedCrossEntropy.apply(logits, local_labels, self.distributed)
+        # Rows: the global batch; columns: this shard's (sampled) classes; labels index those columns.
+        return {"loss": loss, "logits": logits, "cosine": cosine, "labels": local_labels}
+
+    def row_shards(self) -> dict[str, ShardLayout]:
+        """Row-sharded tensors of this module (for DDP and checkpoints): the centres."""
+        return {"weight": self.layout}
 
     def _sample(self, positives: Tensor, generator: torch.Generator | None) -> Tensor:
         """Sorted local indices: every positive class plus random negatives, `num_sample` in all."""

@@ -69,7 +69,8 @@ def _gather_rows(local: torch.Tensor, rows_per_rank: list[int]) -> torch.Tensor:
 
 def training_state(task: Task, optimizer: torch.optim.Optimizer) -> tuple[dict, dict, dict]:
     """The task and optimiser state with sharded rows gathered (collective: call on every rank)."""
-    task_state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in task.state_dict().items()}
+    live = task.state_dict()
+    task_state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in live.items()}
     optim_state = optimizer.state_dict()
     layout = task.shard_layout()
     shards = {}
@@ -77,7 +78,7 @@ def training_state(task: Task, optimizer: torch.optim.Optimizer) -> tuple[dict, 
     for name, spec in sorted(layout.items()):
         rows = dist.all_gather_objects(spec["rows"])
         shards[name] = {"rows": rows, "total": spec["total"]}
-        task_state[name] = _gather_rows(task.get_parameter(name), rows)
+        task_state[name] = _gather_rows(live[name], rows)
         slot_id = index.get(name)
         if slot_id in optim_state["state"]:
             # state_dict() shares the live per-parameter dicts: build new ones, never mutate those.

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from facekd.data import transforms
-from facekd.models.partial_fc import PartialFC
+from facekd.models.partial_fc import ShardLayout
 
 
 class Task(nn.Module):
@@ -25,16 +25,29 @@ class Task(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def sharded_tensors(self) -> dict[str, ShardLayout]:
+        """Every class-sharded tensor of the task and its modules (those with a `row_shards()`), by
+        fully-qualified name: Partial FC centres, a distiller's frozen or EMA centres."""
+        found = {}
+        for prefix, module in self.named_modules():
+            if hasattr(module, "row_shards"):
+                found.update({f"{prefix}.{name}" if prefix else name: layout
+                              for name, layout in module.row_shards().items()})
+        return found
+
     def ddp_ignored(self) -> list[str]:
         """Fully-qualified parameter/buffer names DDP must not synchronise (sharded state)."""
-        return []
+        return [name for name, layout in self.sharded_tensors().items() if layout.world_size > 1]
 
     def shard_layout(self) -> dict[str, dict[str, int]]:
-        """Parameters split by rows across processes: name -> {"offset", "rows", "total"}.
+        """Checkpointed tensors split by rows across processes: name -> {"offset", "rows", "total"}.
 
         The checkpoint gathers these into full matrices so a run can resume on any world size.
+        Non-persistent buffers (a teacher's frozen centres, rebuilt from the teacher) are left out.
         """
-        return {}
+        saved = self.state_dict().keys()
+        return {name: {"offset": layout.class_start, "rows": layout.num_local, "total": layout.num_classes}
+                for name, layout in self.sharded_tensors().items() if name in saved}
 
 
 class ClassificationTask(Task):
@@ -52,12 +65,3 @@ class ClassificationTask(Task):
         embeddings = self.backbone(transforms.network_input(batch["image"], self.input_size))
         out = self.head(embeddings.float(), batch["label"])
         return {"loss_cls": out["loss"]}
-
-    def ddp_ignored(self) -> list[str]:
-        return ["head.weight"] if isinstance(self.head, PartialFC) and self.head.distributed else []
-
-    def shard_layout(self) -> dict[str, dict[str, int]]:
-        if not isinstance(self.head, PartialFC):
-            return {}
-        layout = self.head.layout
-        return {"head.weight": {"offset": layout.class_start, "rows": layout.num_local, "total": layout.num_classes}}

@@ -26,6 +26,9 @@ Silent points, and the reading chosen here:
   sampler gives rank r rows [r*B, (r+1)*B) of each global batch, the gathered batch is the global
   batch in order, and the update does not depend on the number of processes. All ranks must use
   the same per-rank batch size (the engine drops incomplete global batches).
+- Under Partial FC (head.partial_fc) each process holds its rows of the centres, updates only
+  those (from the gathered global batch) and scores the global batch against them; alpha' takes
+  each sample's centre term from the shard that holds it (an all-reduce).
 - alpha' clamps the centre term to [1e-6, 1] before the product, as the official code does (the
   poster clamps only the product; the two differ when both cosines are negative).
 - The official "alpha" branch subtracts an undefined `t_alpha`; the paper's alpha = cos(f_s, f_t)
@@ -42,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.common import build_student_with_embedding
+from facekd.distill.common import build_student_with_embedding, class_shard
 from facekd.distill.distiller import Distiller, DistillSetup
 from facekd.distill.losses import MARGIN_LOSSES, centre_cosine_matrix, margin_from_options
 from facekd.distill.options import option
@@ -50,6 +53,7 @@ from facekd.distill.registry import register_distiller
 from facekd.distill.teacher import EMBEDDING, Teacher, TeacherOutputs
 from facekd.errors import ConfigError
 from facekd.models.heads import CombinedMargin
+from facekd.models.partial_fc import ClassShard, ShardLayout
 from facekd.train import distributed as world_ops
 
 ALPHAS = ("alpha_prime", "alpha")
@@ -73,13 +77,19 @@ class AdaptiveCentreLoss(nn.Module):
     """Margin softmax against class centres that follow the teacher's embeddings by adaptive EMA."""
 
     def __init__(self, num_classes: int, embedding_size: int, margin: CombinedMargin, *,
-                 alpha: str = "alpha_prime", init_std: float = 0.01) -> None:
+                 alpha: str = "alpha_prime", init_std: float = 0.01, shard: ClassShard | None = None) -> None:
         super().__init__()
         if alpha not in ALPHAS:
             raise ConfigError(f"adadistill.alpha: found {alpha!r}, expected one of {list(ALPHAS)}")
-        self.register_buffer("centres", torch.randn(num_classes, embedding_size) * init_std)
+        self.shard = shard
+        self.classes = shard or ClassShard.whole(num_classes)
+        # Drawn whole, then cut: a shard starts from the same rows as the one-classifier form.
+        self.register_buffer("centres", self.classes.rows(torch.randn(num_classes, embedding_size) * init_std).clone())
         self.margin = margin
         self.alpha = alpha
+
+    def row_shards(self) -> dict[str, ShardLayout]:
+        return {"centres": self.shard.layout} if self.shard else {}
 
     @torch.no_grad()
     def update(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
@@ -87,20 +97,29 @@ class AdaptiveCentreLoss(nn.Module):
         f_s = F.normalize(student.float(), dim=1)
         f_t = F.normalize(teacher.float(), dim=1)
         f_s, f_t, labels = gather_from_ranks(f_s), gather_from_ranks(f_t), gather_from_ranks(labels)
+        local = self.classes.local_labels(labels)
+        mine = local != -1  # samples whose class centre this process holds
         alpha = (f_s * f_t).sum(1)
         if self.alpha == "alpha_prime":
-            alpha = alpha * F.cosine_similarity(self.centres[labels], f_t, dim=1).clamp(ALPHA_FLOOR, 1.0)
+            agreement = torch.zeros_like(alpha)
+            agreement[mine] = F.cosine_similarity(self.centres[local[mine]], f_t[mine], dim=1).clamp(ALPHA_FLOOR, 1.0)
+            if self.classes.distributed:  # each sample's centre lives on exactly one shard
+                world_ops.all_reduce(agreement)
+            alpha = alpha * agreement
         alpha = alpha.clamp(ALPHA_FLOOR, 1.0)
         keep = last_occurrence(labels)
-        rows = labels[keep]
+        keep = keep[mine[keep]]
+        rows = local[keep]
         weight = alpha[keep].unsqueeze(1)
         self.centres[rows] = weight * self.centres[rows] + (1.0 - weight) * f_t[keep]
         return alpha
 
     def forward(self, embeddings: Tensor, teacher_embeddings: Tensor, labels: Tensor) -> dict[str, Tensor]:
         alpha = self.update(embeddings.detach(), teacher_embeddings, labels)
-        logits = self.margin(centre_cosine_matrix(embeddings, self.centres), labels)
-        return {"loss": F.cross_entropy(logits, labels), "alpha": alpha}
+        classes = self.classes
+        local = classes.local_labels(classes.gather(labels))
+        logits = self.margin(centre_cosine_matrix(classes.gather_embeddings(embeddings), self.centres), local)
+        return {"loss": classes.cross_entropy(logits, local), "alpha": alpha}
 
 
 @register_distiller
@@ -131,7 +150,8 @@ class AdaDistill(Distiller):
         teacher.require(EMBEDDING)
         size = teacher.embedding_size
         student = build_student_with_embedding(setup, "adadistill", size)
-        loss = AdaptiveCentreLoss(setup.num_classes, size, margin, alpha=options.alpha)
+        loss = AdaptiveCentreLoss(setup.num_classes, size, margin, alpha=options.alpha,
+                                  shard=class_shard(setup, "adadistill"))
         return cls(student, loss, teacher, backbone_spec=(setup.student.name, dict(setup.student.kwargs)),
                    input_size=setup.student.input_size)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from facekd.distill.common import build_student_with_embedding
+from facekd.distill.common import build_student_with_embedding, class_shard
 from facekd.distill.distiller import Distiller, DistillSetup
 from facekd.distill.losses import MARGIN_LOSSES, FrozenCentreMarginLoss, margin_from_options
 from facekd.distill.options import option
@@ -58,7 +58,8 @@ class ArcDistill(Distiller):
         teacher = setup.teacher
         centres = teacher.centres_for(setup.num_classes, "arcdistill")
         student = build_student_with_embedding(setup, "arcdistill", centres.shape[1])
-        return cls(student, FrozenCentreMarginLoss(centres, margin), teacher,
+        loss = FrozenCentreMarginLoss(centres, margin, shard=class_shard(setup, "arcdistill"))
+        return cls(student, loss, teacher,
                    backbone_spec=(setup.student.name, dict(setup.student.kwargs)),
                    input_size=setup.student.input_size)
 

@@ -99,6 +99,8 @@ class GKDOptions(LogitOptions):
 class GKD(LogitDistiller):
     name = "gkd"
     Options = GKDOptions
+    partial_fc_refusal = ("its primary group is each sample's top-K classes over the whole classifier, "
+                          "which facekd does not shard; use kd")
 
     @classmethod
     def make_loss(cls, options: GKDOptions, setup: DistillSetup) -> nn.Module:

@@ -23,4 +23,4 @@ class HintonKD(LogitDistiller):
 
     @classmethod
     def make_loss(cls, options: LogitOptions, setup: DistillSetup) -> nn.Module:
-        return HintonKDLoss(options.temperature)
+        return HintonKDLoss(options.temperature, sharded=setup.partial_fc)

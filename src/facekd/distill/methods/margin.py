@@ -23,6 +23,9 @@ Silent points, and the reading chosen here:
 - D_max is floored at 1e-6 so a batch whose teacher cosines are all <= 0 cannot divide by zero;
   negative c_i then give margins below M_min, as in the official code.
 - The student's embedding size must equal the teacher's (the centres are used as they are).
+- Under Partial FC (head.partial_fc) each process holds its rows of the centres and scores the
+  global batch against them, as arcface_torch's PartialFC_V2; the loss and gradients equal the
+  one-classifier form (tests/test_sharded_distillers.py).
 
 Teacher outputs: only c_i (`centre_cosine`), which the teacher cache can store.
 """
@@ -35,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facekd.distill.common import build_student_with_embedding
+from facekd.distill.common import build_student_with_embedding, class_shard
 from facekd.distill.distiller import Distiller, DistillSetup
 from facekd.distill.options import option
 from facekd.distill.registry import register_distiller
 from facekd.distill.teacher import CENTRE_COSINE, Teacher, TeacherOutputs
+from facekd.models.partial_fc import ClassShard, ShardLayout
 from facekd.train import distributed as world_ops
 
 # Keeps acos finite-gradient at cos = +-1.
@@ -51,10 +55,13 @@ class AdaptiveMarginLoss(nn.Module):
     """ArcFace against frozen centres with the per-sample margin m_i of MarginDistillation."""
 
     def __init__(self, centres: Tensor, *, s: float = 64.0, m_max: float = 0.5, m_min: float = 0.2,
-                 global_dmax: bool = True) -> None:
+                 global_dmax: bool = True, shard: ClassShard | None = None) -> None:
         super().__init__()
+        self.shard = shard
+        self.classes = shard or ClassShard.whole(centres.shape[0])
         # Not persistent: the centres are the teacher's and are rebuilt from it, not checkpointed.
-        self.register_buffer("centres", F.normalize(centres.detach().float(), dim=1), persistent=False)
+        self.register_buffer("centres", F.normalize(self.classes.rows(centres).detach().float(), dim=1),
+                             persistent=False)
         self.s = s
         self.m_max = m_max
         self.m_min = m_min
@@ -70,13 +77,20 @@ class AdaptiveMarginLoss(nn.Module):
         d_max = d_max.clamp_min(DMAX_FLOOR)
         return (self.m_max - self.m_min) / d_max * centre_cosine + self.m_min
 
+    def row_shards(self) -> dict[str, ShardLayout]:
+        return {"centres": self.shard.layout} if self.shard else {}
+
     def forward(self, embeddings: Tensor, labels: Tensor, centre_cosine: Tensor) -> dict[str, Tensor]:
-        margins = self.margins(centre_cosine)
+        classes = self.classes
+        margins = classes.gather(self.margins(centre_cosine))  # from this rank's D_max, then gathered
+        local = classes.local_labels(classes.gather(labels.reshape(-1)))
+        embeddings = classes.gather_embeddings(embeddings)
         cosine = (F.normalize(embeddings.float(), dim=1) @ self.centres.t()).clamp(-COSINE_LIMIT, COSINE_LIMIT)
-        target = cosine.gather(1, labels.view(-1, 1)).squeeze(1)
-        with_margin = torch.cos(torch.acos(target) + margins)
-        logits = cosine.scatter(1, labels.view(-1, 1), with_margin.view(-1, 1)) * self.s
-        return {"loss": F.cross_entropy(logits, labels), "margins": margins}
+        rows = torch.nonzero(local != -1).squeeze(1)  # samples whose class is on this shard
+        columns = local[rows]
+        with_margin = torch.cos(torch.acos(cosine[rows, columns]) + margins[rows])
+        logits = cosine.index_put((rows, columns), with_margin) * self.s
+        return {"loss": classes.cross_entropy(logits, local), "margins": margins}
 
 
 @register_distiller
@@ -110,7 +124,7 @@ class MarginDistillation(Distiller):
         centres = teacher.centres_for(setup.num_classes, "margin")
         student = build_student_with_embedding(setup, "margin", centres.shape[1])
         loss = AdaptiveMarginLoss(centres, s=options.s, m_max=options.m_max, m_min=options.m_min,
-                                  global_dmax=options.global_dmax)
+                                  global_dmax=options.global_dmax, shard=class_shard(setup, "margin"))
         return cls(student, loss, teacher, backbone_spec=(setup.student.name, dict(setup.student.kwargs)),
                    input_size=setup.student.input_size)
 

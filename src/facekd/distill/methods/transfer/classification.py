@@ -44,6 +44,8 @@ class TransferDistiller(PipelineMethod):
     # teacher cache (which stores embeddings) serves this method; the centres are still required.
     teacher_needs = frozenset({EMBEDDING})
     teacher_extras = frozenset({"class centres", "weights"})
+    partial_fc_refusal = ("its classification stage distils the teacher's logits over a full classifier "
+                          "and its later stages read the whole head; use kd")
 
     @dataclass(frozen=True)
     class Options:
