@@ -106,6 +106,21 @@ def test_unknown_method_is_one_line(tiny_data, tmp_path, capsys):
     assert "nosuch" in err and "margin" in err
 
 
+@pytest.mark.parametrize("method, settings, expected", [
+    ("gkd", ["head.partial_fc=true"], "use kd"),
+    ("transfer", ["head.partial_fc=true"], "use kd"),
+    ("margin", ["head.partial_fc=true", "head.sample_rate=0.5"], "expected 1.0"),
+    ("fitnet", ["head.sample_rate=0.5"], "needs head.partial_fc: true"),
+])
+def test_partial_fc_settings_a_method_cannot_honour_stop_in_one_line(tiny_data, tmp_path, capsys, method,
+                                                                     settings, expected):
+    extra = [arg for setting in settings for arg in ("--set", setting)]
+    assert main(distill_args(tiny_data, method, tmp_path / "x", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
 def test_a_finished_run_is_recognised_across_added_config_fields(tmp_path):
     from facekd.distill.runner import is_finished
     from facekd.train import checkpoint as ckpt
