@@ -104,7 +104,7 @@ def test_margin_rebuilds_the_cache_for_other_centres(tmp_path):
     assert run("a.npy", "run_a2") == 0
     assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 1  # same centres: reused
     assert run("b.npy", "run_b") == 0
-    caches = sorted((tmp_path / "cache").glob("*/centre_cosine.npy"))
+    caches = sorted((tmp_path / "cache").glob("*/part-0-of-1/centre_cosine.npy"))
     assert len(caches) == 2  # other centres: rebuilt, not the stale centre_cosine
     first, second = (np.load(path) for path in caches)
     assert not np.allclose(first, second)

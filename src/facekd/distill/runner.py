@@ -19,13 +19,13 @@ from facekd.distill.distiller import Distiller, DistillSetup, PipelineMethod, St
 from facekd.distill.loading import check_teacher_separates, load_teacher
 from facekd.distill.registry import distiller_class, method_options
 from facekd.distill.teacher import CACHEABLE_OUTPUTS, CENTRE_COSINE, EMBEDDING, Teacher
-from facekd.errors import ConfigError
+from facekd.errors import ConfigError, DataError
 from facekd.fileio import atomic_write_text
 from facekd.models.loading import load_weights_into
 from facekd.train import checkpoint as ckpt
 from facekd.train.build import backbone_options, bin_evaluator, open_train_samples
 from facekd.train.config import from_dict
-from facekd.train.distributed import World, barrier, is_distributed
+from facekd.train.distributed import World, broadcast_object
 from facekd.train.engine import Trainer, TrainResult, batches_per_epoch
 
 CACHE_MODES = ("auto", "on", "off")
@@ -105,19 +105,22 @@ def attach_cache(distiller: Distiller, config: DistillExperimentConfig, samples,
     fingerprint = cache_fingerprint(config, distiller, samples)
     digest = hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(config.distill.cache_dir or default_cache_dir()) / digest
+    # Rank 0's view decides, so that every rank joins the same (collective) build or none.
     cache = TeacherCache.open(root, fingerprint) if world.is_main else None
-    if world.is_main and (cache is None or not distiller.teacher_needs <= set(cache.fields)):
+    known = broadcast_object(None if cache is None else cache.fields)
+    if known is None or not distiller.teacher_needs <= set(known):
         # One pass serves every method: store the small outputs any method may want as well.
-        fields = distiller.teacher_needs | shared_fields(distiller.teacher)
-        if cache is not None:
-            fields |= set(cache.fields)
+        fields = distiller.teacher_needs | shared_fields(distiller.teacher) | set(known or ())
         cache = TeacherCache.build(
             root, distiller.teacher, samples, frozenset(fields), fingerprint,
             batch_size=config.train.images_per_batch, num_workers=config.train.workers,
-            dtype=config.distill.cache_dtype, device=world.device, progress=config.train.progress)
-    if is_distributed():
-        barrier()  # the other ranks wait for rank 0's build, then map the files
+            dtype=config.distill.cache_dtype, device=world.device, progress=config.train.progress,
+            rank=world.rank, world_size=world.size)
+    elif not world.is_main:
         cache = TeacherCache.open(root, fingerprint)
+        if cache is None:
+            raise DataError(f"{root}: rank {world.rank} cannot open the teacher cache rank 0 opened; "
+                            "distill.cache_dir must be on a file system every rank shares")
     distiller.use_cache(cache)
     return cache
 
