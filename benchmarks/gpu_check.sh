@@ -4,8 +4,8 @@
 # 1. r50 training images/s on one GPU (arcface_torch's recipe: batch 128, fp16, Partial FC), against
 #    arcface_torch's published ~600-740 img/s per V100 for r50 (its docs' speed table).
 # 2. r100 -> mbf MarginDistillation images/s on one GPU, live teacher (cache off) and cached teacher.
-# 3. With 2 or more GPUs: a 2-process NCCL smoke run of `train` (Partial FC) and `distill` (margin),
-#    which exercises the cpu:gloo,cuda:nccl group and every collective on real NCCL.
+# 3. With 2 or more GPUs: a 2-process NCCL smoke run of `train` and `distill` (margin and kd), all
+#    under Partial FC, which exercises the cpu:gloo,cuda:nccl group and every collective on real NCCL.
 # Throughput does not depend on the weights, so the teacher is a random r100 with random centres.
 set -euo pipefail
 WORK=${1:-$(mktemp -d)}
@@ -30,7 +30,7 @@ print(f"{statistics.median(rates):.0f}" if rates else "nan")
 PYEOF
 }
 
-rm -rf "$WORK"/r50* "$WORK"/margin_* "$WORK/cache"  # fresh runs: a finished one would be skipped
+rm -rf "$WORK"/r50* "$WORK"/margin_* "$WORK"/kd_* "$WORK"/cache*  # fresh runs: a finished one would be skipped
 $PY -m facekd train --config configs/train/ms1mv2_r50.yaml --set data.train="$WORK/synth/train" \
   --set train.out="$WORK/r50" "${COMMON[@]}"
 R50=$(rate "$WORK/r50/log.jsonl")
@@ -55,10 +55,16 @@ done
 if [ "$GPUS" -ge 2 ]; then
   torchrun --standalone --nproc_per_node 2 -m facekd train --config configs/train/ms1mv2_r50.yaml \
     --set data.train="$WORK/synth/train" --set train.out="$WORK/r50_ddp" "${COMMON[@]}"
-  torchrun --standalone --nproc_per_node 2 -m facekd distill --config configs/distill/ms1mv2_r100_mbf_margin.yaml \
-    --data "$WORK/synth/train" --teacher "$WORK/r100.pth" --teacher-head "$WORK/centres.pt" \
-    --out "$WORK/margin_ddp" --set distill.cache_dir="$WORK/cache" --set train.batch_size=128 "${COMMON[@]}"
-  echo "2-GPU NCCL smoke: train $(rate "$WORK/r50_ddp/log.jsonl") img/s, distill $(rate "$WORK/margin_ddp/log.jsonl") img/s (global)"
+  # Distillation under Partial FC: sharded frozen centres (margin) and sharded logits (kd), each rank
+  # building its part of a fresh teacher cache.
+  for METHOD in margin kd; do
+    torchrun --standalone --nproc_per_node 2 -m facekd distill --config configs/distill/ms1mv2_r100_mbf_$METHOD.yaml \
+      --data "$WORK/synth/train" --teacher "$WORK/r100.pth" --teacher-head "$WORK/centres.pt" \
+      --out "$WORK/${METHOD}_ddp" --set head.partial_fc=true --set distill.cache_dir="$WORK/cache_ddp" \
+      --set train.batch_size=128 "${COMMON[@]}"
+  done
+  echo "2-GPU NCCL smoke: train $(rate "$WORK/r50_ddp/log.jsonl") img/s, distill margin $(rate "$WORK/margin_ddp/log.jsonl")" \
+       "and kd $(rate "$WORK/kd_ddp/log.jsonl") img/s (global, Partial FC)"
 else
   echo "2-GPU NCCL smoke: skipped (1 GPU)"
 fi
