@@ -151,3 +151,53 @@ def test_cli_profiles_an_architecture_against_the_reference(tmp_path, capsys):
         assert p["ratios"]["flops"] == pytest.approx((p["resolution"] / 112) ** 2, rel=0.05)
     assert document["profiles"][0]["parameters"] == document["profiles"][1]["parameters"]
     assert "| mbf fcn | 56 |" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    from facekd.deploy.onnx import export_model_proto
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    torch.manual_seed(0)
+    path.write_bytes(export_model_proto(TinyNet(), 16).SerializeToString())
+    return path
+
+
+def test_onnx_flops_count_every_operator_and_the_initializers(tiny_onnx):
+    from facekd.deploy.profile import onnx_flops
+
+    flops, parameters = onnx_flops(str(tiny_onnx), 16)
+    axes = 2  # ReduceMean's axes (2, 3), an initializer of the graph like the weights
+    assert parameters == (4 * 3 * 3 * 3 + 4) + (4 * 5 + 5) + axes
+    # At least the convolution and the linear layer, by the rule of count_flops; the ReLU and the mean
+    # over 14 x 14 x 4 values are counted too (each a few hundred operations), not the whole model again.
+    assert count_flops(TinyNet(), 16) < flops < 1.2 * count_flops(TinyNet(), 16)
+
+
+def test_cli_profiles_an_onnx_model_in_onnxruntime(tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    code = main(["profile", str(tiny_onnx), "--reference-arch", "mbf", "--fast", "--repeats", "2", "--json", str(out)])
+    assert code == 0
+    (profile,) = json.loads(out.read_text())["profiles"]
+    assert profile["name"] == "tiny" and profile["resolution"] == 16 and profile["embedding_size"] == 5
+    assert profile["torch_b1_ms"] is None and profile["ort_b1_ms"] > 0
+    assert profile["ratios"]["ort_b1_ms"] > 0 and 0 < profile["ratios"]["flops"] < 1e-3
+    assert "| tiny | 16 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, expected", [(["--resolution", "32"], "takes 16 px only"),
+                                              (["--arch", "r18"], "an ONNX model carries its graph")])
+def test_cli_refuses_onnx_options_that_cannot_apply_before_any_timing(tiny_onnx, capsys, extra, expected):
+    start = time.perf_counter()
+    assert main(["profile", str(tiny_onnx), "--fast", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+    assert time.perf_counter() - start < 20  # refused before the r100 reference is built and timed
+
+
+def test_a_file_that_is_not_onnx_stops_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "teacher.onnx"
+    bad.write_bytes(b"not a model")
+    assert main(["profile", str(bad), "--fast"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "teacher.onnx" in err[0] and "ONNX" in err[0]

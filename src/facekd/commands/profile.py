@@ -10,7 +10,8 @@ HELP = "parameters, FLOPs, CPU latency and memory of a backbone, with ratios to 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="facekd checkpoint or insightface backbone.pth (omit with --arch)")
+    parser.add_argument("model", nargs="?", help="facekd checkpoint, insightface backbone.pth or ONNX model "
+                                                  "(omit with --arch)")
     parser.add_argument("--arch", help="architecture name (r18 r34 r50 r100 r200 mbf mbf_large); alone: no weights")
     parser.add_argument("--kwargs", default=None, metavar="YAML",
                         help="with --arch, for a weights file without its side-car: the build_backbone options it "
@@ -43,13 +44,16 @@ def run(args: argparse.Namespace) -> int:
     )
     from facekd.models.loading import kwargs_flag
 
-    source = ModelSource.from_args(args.model, args.arch, fcn=args.fcn, width=args.width,
-                                   kwargs=kwargs_flag(args.kwargs))
     reference_source = ModelSource.from_args(args.reference, None if args.reference else args.reference_arch)
-    # Build (and so validate) every model before any timing: a bad name or file fails at once.
-    models = [(source.build(size), size) for size in args.resolution]
-    reference = profile_model(reference_source.build(112), reference_source.label, 112, settings)
-    profiles = [profile_model(model, source.label, size, settings) for model, size in models]
+    if args.model and args.model.lower().endswith(".onnx"):
+        profiles, reference = profile_onnx_file(args, reference_source, settings)
+    else:
+        source = ModelSource.from_args(args.model, args.arch, fcn=args.fcn, width=args.width,
+                                       kwargs=kwargs_flag(args.kwargs))
+        # Build (and so validate) every model before any timing: a bad name or file fails at once.
+        models = [(source.build(size), size) for size in args.resolution]
+        reference = profile_model(reference_source.build(112), reference_source.label, 112, settings)
+        profiles = [profile_model(model, source.label, size, settings) for model, size in models]
     print(markdown_table([reference, *profiles], reference), end="")
     if args.json:
         document = {
@@ -58,3 +62,32 @@ def run(args: argparse.Namespace) -> int:
         }
         atomic_write_text(args.json, json.dumps(document, indent=2) + "\n")
     return 0
+
+
+def profile_onnx_file(args: argparse.Namespace, reference_source, settings):
+    """An ONNX model at the size its graph declares, in onnxruntime, against the reference with its
+    FLOPs counted by the same rule (onnx-tool on the reference's export)."""
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+
+    from facekd.deploy.onnx import export_model_proto
+    from facekd.deploy.onnx_teacher import OnnxEmbedder
+    from facekd.deploy.profile import median_ms, onnx_flops, ort_forward, profile_model, profile_onnx
+    from facekd.errors import ConfigError
+
+    if args.arch or args.kwargs:
+        raise ConfigError(f"{args.model}: --arch and --kwargs describe PyTorch weights; an ONNX model carries its graph")
+    embedder = OnnxEmbedder(args.model, threads=torch.get_num_threads())  # validates before any timing
+    if args.resolution != [112] and args.resolution != [embedder.input_size]:
+        raise ConfigError(f"{args.model}: --resolution {args.resolution}, but the graph takes "
+                          f"{embedder.input_size} px only")
+    profile = profile_onnx(embedder, Path(args.model).stem, settings)
+    model = reference_source.build(112)
+    reference = profile_model(model, reference_source.label, 112, settings)
+    if reference.ort_b1_ms is None:  # fast mode skips it, but it is the ONNX model's only latency ratio
+        one = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        ort_b1 = median_ms(ort_forward(model, 112)(one), warmup=settings.warmup, repeats=settings.repeats)
+        reference = dataclasses.replace(reference, ort_b1_ms=ort_b1)
+    return [profile], dataclasses.replace(reference, flops=onnx_flops(export_model_proto(model, 112), 112)[0])
