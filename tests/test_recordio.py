@@ -304,3 +304,34 @@ def test_dataset_pickles_without_its_file_handle(tmp_path):
     copy = pickle.loads(pickle.dumps(ds))
     assert copy.records._handle is None
     assert_colour(copy[2][0], 1)
+
+
+def ms1m_with_labels(labels: list[float], ranges: list[tuple[float, float]]) -> list[tuple[int, bytes]]:
+    """MS1M records: images with the given header labels (keys 1..N), then identity records."""
+    count = len(labels)
+    records = [(0, part(vector_header([count + 1.0, count + 1.0 + len(ranges)], 0, 1)))]
+    records += [(key, part(scalar_header(label, key) + jpeg(int(label) % 5))) for key, label in enumerate(labels, 1)]
+    records += [(count + 1 + k, part(vector_header(list(r), count + 1 + k))) for k, r in enumerate(ranges)]
+    return records
+
+
+def test_a_label_changed_in_one_header_is_named_against_its_identity_range(tmp_path):
+    # Class 0 is keys [1, 4), class 1 key 4; key 2's header says 1 (a flipped byte in RecordIO,
+    # which has no checksum).
+    records = ms1m_with_labels([0.0, 1.0, 0.0, 1.0], [(1.0, 4.0), (4.0, 5.0)])
+    with pytest.raises(DataError, match=r"record key 2 .*class label 1, but the other images of identity "
+                                        r"record .*record key 5 .*keys \[1, 4\)\) are class 0"):
+        RecordIODataset(write_rec(tmp_path, records))
+
+
+def test_a_one_image_class_relabelled_into_another_class_is_refused(tmp_path):
+    records = ms1m_with_labels([0.0, 0.0, 0.0, 0.0], [(1.0, 4.0), (4.0, 5.0)])
+    with pytest.raises(DataError, match=r"record key 5 .* and .*record key 6 .*two identity records whose "
+                                        r"images are all class 0"):
+        RecordIODataset(write_rec(tmp_path, records))
+
+
+def test_identity_records_in_another_order_still_read(tmp_path):
+    # The check trusts the ranges, not which class each identity record is.
+    records = ms1m_with_labels([0.0, 0.0, 0.0, 1.0], [(4.0, 5.0), (1.0, 4.0)])
+    assert RecordIODataset(write_rec(tmp_path, records)).labels.tolist() == [0, 0, 0, 1]

@@ -36,8 +36,10 @@ from facekd.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# Framing (8 bytes) + IRHeader (24) + the first label-vector element (4).
-_SCAN_WIDTH = PART_HEADER.size + IR_HEADER.size + 4
+# Framing (8 bytes) + IRHeader (24) + the first two label-vector elements (8).
+_SCAN_WIDTH = PART_HEADER.size + IR_HEADER.size + 8
+# float32 holds every integer below this exactly; identity ranges beyond it are not cross-checked.
+_EXACT_FLOAT32 = 1 << 24
 _SCAN_CHUNK = 1 << 16
 
 
@@ -54,6 +56,7 @@ class HeaderScan:
     image_sizes: np.ndarray
     extents: np.ndarray
     problems: dict[int, str]
+    label_ends: np.ndarray  # the second label-vector element (an identity record's range end); NaN if none
 
 
 def scan_headers(records: IndexedRecordFile) -> HeaderScan:
@@ -67,11 +70,12 @@ def scan_headers(records: IndexedRecordFile) -> HeaderScan:
     labels = np.zeros(count, dtype=np.float32)
     image_sizes = np.full(count, -1, dtype=np.int64)
     extents = np.full(count, -1, dtype=np.int64)
+    label_ends = np.full(count, np.nan, dtype=np.float32)
     problems: dict[int, str] = {}
     size = records.file_size
     framing = records.framing
     if count == 0:
-        return HeaderScan(flags, labels, image_sizes, extents, problems)
+        return HeaderScan(flags, labels, image_sizes, extents, problems, label_ends)
     mapped = np.memmap(records.rec_path, dtype=np.uint8, mode="r") if size else np.zeros(1, np.uint8)
     columns = np.arange(_SCAN_WIDTH, dtype=np.int64)
     for start in range(0, count, _SCAN_CHUNK):
@@ -94,18 +98,63 @@ def scan_headers(records: IndexedRecordFile) -> HeaderScan:
         block = slice(start, start + len(offsets))
         flags[block] = flag
         labels[block] = np.where(flag == 0, words[:, 3].view("<f4"), words[:, 8].view("<f4"))
+        label_ends[block] = np.where(flag >= 2, words[:, 9].view("<f4"), np.nan)
         image_sizes[block] = np.where(good, length - header_bytes, -1)
         extents[block] = np.where(good, PART_HEADER.size + length + (-length % 4), -1)
         for row in np.flatnonzero(~good):
             position = start + int(row)
             if in_file[row] and magic[row] == framing.magic and cflag[row] == 1:
-                _scan_split_record(records, position, flags, labels, image_sizes, extents, problems)
+                _scan_split_record(records, position, flags, labels, image_sizes, extents, problems, label_ends)
             else:
                 problems[position] = _describe_bad_header(
                     records, position, bool(in_file[row]), int(magic[row]), int(cflag[row]),
                     int(length[row]), int(header_bytes[row]),
                 )
-    return HeaderScan(flags, labels, image_sizes, extents, problems)
+    return HeaderScan(flags, labels, image_sizes, extents, problems, label_ends)
+
+
+def check_identity_ranges(records: IndexedRecordFile, scan: HeaderScan, positions: np.ndarray,
+                          labels: np.ndarray) -> None:
+    """MS1M layout: each identity record (label vector [start, end), no image) names the image keys
+    of one class. Refuse a set where the images of one range carry different labels, or two ranges
+    the same label: a label changed in a record header (RecordIO has no checksum) shows up here.
+
+    Only the ranges are trusted, not which class a range is: that keeps real sets whose identity
+    records are in another order readable. Ranges past 2^24 (inexact in float32) are not checked.
+    """
+    identity = np.flatnonzero((scan.flags == 2) & (scan.image_sizes == 0) & (records.keys != 0))
+    if not len(identity) or not len(positions):
+        return
+    starts, ends = scan.labels[identity].astype(np.int64), scan.label_ends[identity]
+    if not np.isfinite(ends).all() or ends.max() >= _EXACT_FLOAT32:
+        return
+    order = np.argsort(starts, kind="stable")
+    identity, starts, ends = identity[order], starts[order], ends[order].astype(np.int64)
+    keys = records.keys[positions]
+    slot = np.searchsorted(starts, keys, side="right") - 1
+    inside = np.flatnonzero((slot >= 0) & (keys < ends[np.maximum(slot, 0)]))
+    if not len(inside):
+        return
+    slot, held = slot[inside], labels[inside]
+    # The label most images of each range carry (ties: the larger), then every image that differs.
+    pairs, counts = np.unique(np.stack([slot, held], axis=1), axis=0, return_counts=True)
+    by_count = pairs[np.lexsort((counts, pairs[:, 0]))]
+    best = by_count[np.r_[by_count[1:, 0] != by_count[:-1, 0], True]]  # (range, its label)
+    majority = np.full(len(identity), -1, dtype=np.int64)
+    majority[best[:, 0]] = best[:, 1]
+    wrong = np.flatnonzero(held != majority[slot])
+    if len(wrong):
+        row, home = int(wrong[0]), int(slot[wrong[0]])
+        raise DataError(
+            f"{records.describe(int(positions[inside[row]]))}: class label {int(held[row])}, but the other images "
+            f"of identity record {records.describe(int(identity[home]))} (keys [{starts[home]}, {ends[home]})) "
+            f"are class {int(majority[home])}; a corrupted header ({len(wrong)} image(s) in total)")
+    classes, uses = np.unique(best[:, 1], return_counts=True)
+    if (uses > 1).any():
+        shared = identity[best[best[:, 1] == classes[uses > 1][0], 0][:2]]
+        raise DataError(f"{records.describe(int(shared[0]))} and {records.describe(int(shared[1]))}: two "
+                        f"identity records whose images are all class {int(classes[uses > 1][0])}; "
+                        "a corrupted header")
 
 
 def _scan_split_record(
@@ -116,6 +165,7 @@ def _scan_split_record(
     image_sizes: np.ndarray,
     extents: np.ndarray,
     problems: dict[int, str],
+    label_ends: np.ndarray,
 ) -> None:
     """Fill in one split record's scan row from a full read (split records are rare)."""
     try:
@@ -126,6 +176,8 @@ def _scan_split_record(
         return
     flags[position] = header.flag
     labels[position] = header.class_label
+    if header.flag >= 2:
+        label_ends[position] = header.label[1]
     image_sizes[position] = len(image)
 
 
@@ -201,6 +253,7 @@ class RecordIODataset:
             check_index(self.records, scan.extents, scan.flags)
         self._positions = np.flatnonzero(scan.image_sizes > 0)
         self.labels = self._class_labels(scan.labels[self._positions])
+        check_identity_ranges(self.records, scan, self._positions, self.labels)
         self.image_size: tuple[int, int] | None = None
         if property_path.is_file():
             self.num_classes, height, width = read_property(property_path)
