@@ -161,3 +161,33 @@ def test_resnet_export_parity(arch, faces, tmp_path):
     export_onnx(model, tmp_path / f"{arch}.onnx", 112)
     report = check_parity(model, inference_session(tmp_path / f"{arch}.onnx"), model_inputs(faces[:4], 112))
     assert report.max_abs_diff <= PARITY_TOLERANCE
+
+
+def test_raw_pixel_export_loads_in_opencvs_face_recognizer(exported_mbf, faces, tmp_path):
+    """`--pixels raw`: OpenCV's FaceRecognizerSF (its own preprocessing: BGR in, swapRB, 0..255, no
+    scaling) gives the PyTorch model's embeddings, and the graph carries the Sub/Mul nodes by which
+    insightface's ArcFaceONNX (model_zoo/arcface_onnx.py: names of the first 8 nodes) picks mean 0, std 1."""
+    import cv2
+
+    from facekd.deploy.onnx_teacher import OnnxEmbedder
+
+    model, _ = exported_mbf
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "backbone.pth")
+    path = folder / "mbf_raw.onnx"
+    assert main(["export", str(folder / "backbone.pth"), "--onnx", str(path), "--pixels", "raw",
+                 "--parity-images", "4"]) == 0
+    recognizer = cv2.FaceRecognizerSF.create(str(path), "")
+    theirs = np.concatenate([recognizer.feature(cv2.cvtColor(face, cv2.COLOR_RGB2BGR)) for face in faces[:3]])
+    with torch.inference_mode():
+        ours = model(model_inputs(faces[:3], 112)).numpy()
+    assert np.abs(ours).max() > 0.1
+    relative = np.linalg.norm(theirs - ours, axis=1) / np.linalg.norm(ours, axis=1)
+    assert relative.max() < 1e-4
+    names = [node.name for node in onnx.load(str(path)).graph.node[:8]]
+    assert any(n.startswith("Sub") for n in names) and any(n.startswith("Mul") for n in names)
+    embedder = OnnxEmbedder(path)  # facekd reads the convention back: metadata, then the graph
+    assert (embedder.pixel_mean, embedder.pixel_std, embedder.channel_order) == (0.0, 1.0, "RGB")
+    np.testing.assert_allclose(embedder(model_inputs(faces[:3], 112)).numpy(), ours, rtol=0,
+                               atol=1e-4 * np.abs(ours).max())

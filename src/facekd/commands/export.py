@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="take PX x PX crops and resize inside the graph to the model's input size (e.g. 112 for a "
              "low-resolution student, so it takes insightface's norm_crop crops)")
     parser.add_argument(
+        "--pixels", choices=("normalised", "raw"), default="normalised",
+        help="normalised: the graph takes RGB in [-1, 1] (insightface's convention without in-graph "
+             "normalisation); raw: RGB in [0, 255], normalised inside the graph by nodes named Sub and Mul, "
+             "as OpenCV's FaceRecognizerSF feeds and insightface's ArcFaceONNX detects")
+    parser.add_argument(
         "--parity-data", help="a .bin or RecordIO folder for the parity images (default: synthetic aligned faces)"
     )
     parser.add_argument("--parity-images", type=int, default=16, help="how many images the parity check runs")
@@ -60,8 +65,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--graph-input-size {args.graph_input_size}: smaller than the model's {input_size} px "
                               "input; expected the size of the crops users make (e.g. 112)")
         model, input_size = ResizedInput(model, input_size).eval(), args.graph_input_size
-    export_onnx(model, out, input_size)
     parity_inputs = model_inputs(face_images(args.parity_data, args.parity_images), input_size)
+    if args.pixels == "raw":
+        from facekd.deploy.onnx import RawPixelInput
+
+        model, parity_inputs = RawPixelInput(model).eval(), parity_inputs * 127.5 + 127.5
+    export_onnx(model, out, input_size, args.pixels)
     report = check_parity(model, inference_session(out), parity_inputs, what=str(out))
     print(
         f"wrote {out}: parity over {report.images} images at batch {report.batch_sizes[0]} and 1: max relative "

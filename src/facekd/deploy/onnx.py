@@ -39,8 +39,40 @@ class ParityError(FacekdError):
     """The ONNX model's outputs differ from PyTorch's by more than the tolerance."""
 
 
-def export_model_proto(model: nn.Module, input_size: int):
-    """The model (moved to CPU, eval mode) as an `onnx.ModelProto` with a dynamic batch dimension."""
+PIXEL_CONVENTIONS = ("normalised", "raw")
+
+
+class RawPixelInput(nn.Module):
+    """The network behind an in-graph (x - 127.5) / 127.5: the graph takes RGB pixels in [0, 255].
+
+    That is what OpenCV's `FaceRecognizerSF` feeds (`blobFromImage(img, 1, size, 0, swapRB=true)`),
+    and what insightface's `ArcFaceONNX` feeds when it finds nodes named Sub and Mul among the
+    graph's first 8 (then mean 0, std 1); `export_model_proto(..., pixels="raw")` names them so.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network((x - 127.5) * (1.0 / 127.5))
+
+
+def _name_normalisation_nodes(proto) -> None:
+    """Rename the first Sub and Mul nodes as insightface's ArcFaceONNX looks for them (by name)."""
+    for op in ("Sub", "Mul"):
+        node = next(n for n in proto.graph.node[:8] if n.op_type == op)
+        node.name = f"{op}_pixel_normalisation"
+
+
+def export_model_proto(model: nn.Module, input_size: int, pixels: str = "normalised"):
+    """The model (moved to CPU, eval mode) as an `onnx.ModelProto` with a dynamic batch dimension.
+
+    `pixels`: "normalised", the graph takes RGB in [-1, 1] (insightface's convention for graphs
+    without normalisation); "raw", `model` is a `RawPixelInput` and the graph takes RGB in [0, 255].
+    """
+    if pixels not in PIXEL_CONVENTIONS:
+        raise ValueError(f"pixels: found {pixels!r}, expected one of {PIXEL_CONVENTIONS}")
     model = model.cpu().eval()
     # Batch 2: torch.export specialises sizes 0 and 1, so a batch-1 example would pin the batch.
     example = torch.zeros(2, 3, input_size, input_size)
@@ -56,7 +88,10 @@ def export_model_proto(model: nn.Module, input_size: int):
         verbose=False,
     )
     proto = program.model_proto
-    for key, value in {"facekd.pixel_mean": "127.5", "facekd.pixel_std": "127.5", "facekd.channel_order": "RGB",
+    mean, std = ("0", "1") if pixels == "raw" else ("127.5", "127.5")
+    if pixels == "raw":
+        _name_normalisation_nodes(proto)
+    for key, value in {"facekd.pixel_mean": mean, "facekd.pixel_std": std, "facekd.channel_order": "RGB",
                        "facekd.input_size": str(input_size)}.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
@@ -77,9 +112,9 @@ class ResizedInput(nn.Module):
         return self.network(resize(x, self.network_size))
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int) -> None:
+def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, pixels: str = "normalised") -> None:
     """Write the model as one self-contained `.onnx` file (atomically)."""
-    atomic_write_bytes(path, export_model_proto(model, input_size).SerializeToString())
+    atomic_write_bytes(path, export_model_proto(model, input_size, pixels).SerializeToString())
 
 
 def inference_session(model, *, threads: int | None = None, providers: list[str] | None = None):
