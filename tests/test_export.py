@@ -191,3 +191,17 @@ def test_raw_pixel_export_loads_in_opencvs_face_recognizer(exported_mbf, faces, 
     assert (embedder.pixel_mean, embedder.pixel_std, embedder.channel_order) == (0.0, 1.0, "RGB")
     np.testing.assert_allclose(embedder(model_inputs(faces[:3], 112)).numpy(), ours, rtol=0,
                                atol=1e-4 * np.abs(ours).max())
+
+
+def test_pt2_program_loads_without_facekd_and_matches(exported_mbf, faces, tmp_path, capsys):
+    model, _ = exported_mbf
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    assert main(["export", str(tmp_path / "backbone.pth"), "--onnx", str(tmp_path / "m.onnx"), "--pt2",
+                 str(tmp_path / "m.pt2"), "--parity-images", "2"]) == 0
+    assert "wrote " + str(tmp_path / "m.pt2") in capsys.readouterr().out
+    loaded = torch.export.load(str(tmp_path / "m.pt2")).module()  # plain PyTorch, no facekd class needed
+    inputs = model_inputs(faces[:3], 112)
+    with torch.inference_mode():
+        expected, got = model(inputs), loaded(inputs)
+    assert got.shape == (3, 512)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

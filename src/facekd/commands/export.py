@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--parity-data", help="a .bin or RecordIO folder for the parity images (default: synthetic aligned faces)"
     )
     parser.add_argument("--parity-images", type=int, default=16, help="how many images the parity check runs")
+    parser.add_argument("--pt2", help="also write a torch.export program (.pt2) for PyTorch without facekd "
+                                      "(TorchScript is deprecated in PyTorch 2.13); checked like the ONNX model")
     parser.add_argument("--quantize", choices=("dynamic", "static"), help="also write an int8 model")
     parser.add_argument("--int8-out", help="int8 model path (default: OUT with _int8 before .onnx)")
     parser.add_argument("--calib-data", help="static: a .bin or RecordIO folder to draw calibration images from")
@@ -77,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
         f"error {report.max_relative_error:.2e} (tolerance {report.tolerance:g}), min cosine "
         f"{report.min_cosine:.9f}, max |onnx - torch| {report.max_abs_diff:.2e}"
     )
+    if args.pt2:
+        from facekd.deploy.onnx import check_program_parity, export_program
+
+        export_program(model, args.pt2, input_size)
+        report = check_program_parity(model, args.pt2, parity_inputs)
+        print(f"wrote {args.pt2}: torch.export program, parity over {report.images} images: max relative error "
+              f"{report.max_relative_error:.2e}, min cosine {report.min_cosine:.9f}")
     if args.quantize:
         from facekd.deploy.quantize import compare_quantized, quantize_onnx
 

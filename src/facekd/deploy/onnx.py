@@ -112,6 +112,20 @@ class ResizedInput(nn.Module):
         return self.network(resize(x, self.network_size))
 
 
+def export_program(model: nn.Module, path: str | os.PathLike, input_size: int) -> None:
+    """Write the model as a `torch.export` program (`.pt2`, dynamic batch), atomically: the form of
+    PyTorch deployment without facekd or onnxruntime (TorchScript's `torch.jit.trace` is deprecated
+    in PyTorch 2.13). Load with `torch.export.load(path).module()`."""
+    import io
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, 3, input_size, input_size)  # batch 2: sizes 0 and 1 are specialised
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, pixels: str = "normalised") -> None:
     """Write the model as one self-contained `.onnx` file (atomically)."""
     atomic_write_bytes(path, export_model_proto(model, input_size, pixels).SerializeToString())
@@ -186,3 +200,24 @@ def check_parity(
         )
     return ParityReport(max_abs_diff=diff, max_relative_error=relative, min_cosine=cosine, images=len(inputs),
                         batch_sizes=(len(inputs), 1), tolerance=tolerance)
+
+
+class _ProgramSession:
+    """The part of an onnxruntime session that `check_parity` uses, over a saved torch.export program."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.module = torch.export.load(os.fspath(path)).module()
+
+    def get_inputs(self):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(name=INPUT_NAME)]
+
+    def run(self, outputs, feed: dict) -> list:
+        with torch.inference_mode():
+            return [self.module(torch.from_numpy(feed[INPUT_NAME])).numpy()]
+
+
+def check_program_parity(model: nn.Module, path: str | os.PathLike, inputs: torch.Tensor) -> ParityReport:
+    """`check_parity` for a `.pt2` written by `export_program`, loaded back as a user would."""
+    return check_parity(model, _ProgramSession(path), inputs, what=os.fspath(path))
