@@ -107,7 +107,6 @@ def test_unknown_method_is_one_line(tiny_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method, settings, expected", [
-    ("gkd", ["head.partial_fc=true"], "use kd"),
     ("transfer", ["head.partial_fc=true"], "use kd"),
     ("margin", ["head.partial_fc=true", "head.sample_rate=0.5"], "expected 1.0"),
     ("fitnet", ["head.sample_rate=0.5"], "needs head.partial_fc: true"),

@@ -19,6 +19,7 @@ from facekd.distill.losses import FrozenCentreMarginLoss
 from facekd.distill.logit_kd import LogitOptions
 from facekd.distill.methods.adadistill import AdaDistill, AdaptiveCentreLoss
 from facekd.distill.methods.arcdistill import ArcDistill
+from facekd.distill.methods.gkd import GKD, GKDLoss, GKDOptions
 from facekd.distill.methods.kd import HintonKD
 from facekd.distill.losses import HintonKDLoss
 from facekd.distill.methods.margin import AdaptiveMarginLoss, MarginDistillation
@@ -72,7 +73,18 @@ def distillers(centres: torch.Tensor, shard: ClassShard | None) -> dict[str, nn.
         "adadistill": AdaDistill(student(), ada_loss, teacher(centres), **spec),
         "kd": HintonKD(student(), kd_head, HintonKDLoss(3.0, sharded=shard is not None), teacher(centres),
                        options=LogitOptions(), input_size=8, num_classes=CLASSES, shard=shard),
+        # tau 0.1: K = 1, the primary group is the forced ground truth; tau 0.93: K = every class.
+        **{name: GKD(student(), gkd_head(full_head, shard), GKDLoss(2.0, tau, shard=shard), teacher(centres),
+                     options=GKDOptions(tau=tau), input_size=8, num_classes=CLASSES, shard=shard)
+           for name, tau in (("gkd_k1", 0.1), ("gkd", 0.93))},
     }
+
+
+def gkd_head(full: torch.Tensor, shard: ClassShard | None) -> nn.Module:
+    margin = CombinedMargin(16.0, 1.0, 0.0, 0.2)  # CosFace, as the paper
+    head = PartialFC(EMBEDDING, CLASSES, margin) if shard else MarginClassifier(EMBEDDING, CLASSES, margin)
+    (head.load_full_centres(full) if shard else head.weight.data.copy_(full))
+    return head
 
 
 def teacher_outputs(embeddings: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> TeacherOutputs:
@@ -121,7 +133,7 @@ def reference():
             for name, distiller in distillers(centres, None).items()}
 
 
-@pytest.mark.parametrize("method", ["margin", "arcdistill", "adadistill", "kd"])
+@pytest.mark.parametrize("method", ["margin", "arcdistill", "adadistill", "kd", "gkd_k1", "gkd"])
 def test_two_processes_equal_the_full_classifier(ranks, reference, method):
     assert [rank["start"] for rank in ranks] == [0, ShardLayout.of(CLASSES, 0, WORLD).num_local]
     full = reference[method]

@@ -68,6 +68,11 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
+def scale_gradient(tensor: Tensor, factor: float) -> Tensor:
+    """`tensor` unchanged, its gradient multiplied by `factor`."""
+    return _ScaleGradient.apply(tensor, float(factor))
+
+
 class _ShardedCrossEntropy(torch.autograd.Function):
     """Mean softmax cross-entropy over logits whose classes are split across ranks.
 
@@ -141,6 +146,16 @@ class ClassShard:
     def gather(self, tensor: Tensor) -> Tensor:
         """The global batch's rows of a per-sample tensor (no gradient), in rank order."""
         return torch.cat(world_ops.all_gather(tensor)) if self.distributed else tensor
+
+    def gather_rows(self, local: Tensor) -> Tensor:
+        """Every shard's rows of a per-class tensor, concatenated in class order (no gradient)."""
+        if not self.distributed:
+            return local
+        counts = [ShardLayout.of(self.layout.num_classes, r, self.layout.world_size).num_local
+                  for r in range(self.layout.world_size)]
+        padded = local.new_zeros((max(counts), *local.shape[1:]))
+        padded[: local.size(0)] = local
+        return torch.cat([piece[:n] for piece, n in zip(world_ops.all_gather(padded), counts)])
 
     def local_labels(self, labels: Tensor) -> Tensor:
         """Labels as local column indices; -1 where the class lives on another shard."""
@@ -237,16 +252,7 @@ class PartialFC(nn.Module):
 
     def gather_shard_rows(self, local: Tensor) -> Tensor:
         """Concatenate a per-class tensor sharded like the centres (e.g. optimiser momentum)."""
-        if not self.distributed:
-            return local.clone()
-        longest = max(ShardLayout.of(self.layout.num_classes, r, self.layout.world_size).num_local
-                      for r in range(self.layout.world_size))
-        padded = local.new_zeros((longest, *local.shape[1:]))
-        padded[: local.size(0)] = local
-        pieces = world_ops.all_gather(padded)
-        counts = [ShardLayout.of(self.layout.num_classes, r, self.layout.world_size).num_local
-                  for r in range(self.layout.world_size)]
-        return torch.cat([piece[:n] for piece, n in zip(pieces, counts)])
+        return self.shard.gather_rows(local) if self.distributed else local.clone()
 
     def load_full_centres(self, full: Tensor) -> None:
         """Take this rank's rows of a full (num_classes, E) centre matrix."""

@@ -85,6 +85,17 @@ def all_reduce(tensor: Tensor, op=torch.distributed.ReduceOp.SUM, group=None) ->
     return tensor
 
 
+def all_reduce_with_grad(tensor: Tensor, group=None) -> Tensor:
+    """Sum of `tensor` over ranks, differentiable: the backward pass sums the ranks' gradients.
+
+    For a loss computed identically on every rank from such sums, scale its gradient by
+    1 / world_size (each rank's backward contributes one copy)."""
+    if not is_distributed():
+        return tensor
+    check_device(tensor, "all_reduce", group)
+    return torch.distributed.nn.functional.all_reduce(tensor, group=group)
+
+
 def all_gather(tensor: Tensor, group=None) -> list[Tensor]:
     """Every rank's `tensor` (same shape on every rank), in rank order; not differentiable."""
     if not is_distributed():

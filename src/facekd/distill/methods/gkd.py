@@ -11,6 +11,9 @@ With p = softmax(z / T) and both networks' margin-applied logits z (the paper us
 Each KL is summed over classes, multiplied by T^2 and divided by the batch size.
 loss_kd = ramp * (alpha * Binary + beta * Primary + gamma * Secondary), ramp = min(step / warmup_steps, 1),
 with warmup_steps = warmup_epochs x the epoch's forward passes; the paper ramps over 10 epochs.
+Under Partial FC (head.partial_fc) each rank holds some classes' logits: the class masses that fix
+K are gathered, each row's K-th largest logit is found from every rank's top K, and the softmax
+sums are all-reduced, so the loss and gradients equal the one-classifier form.
 """
 
 from __future__ import annotations
@@ -25,17 +28,38 @@ from facekd.distill.distiller import DistillSetup
 from facekd.distill.options import option
 from facekd.distill.registry import register_distiller
 from facekd.distill.logit_kd import LogitDistiller, LogitOptions
+from facekd.distill.common import class_shard
 from facekd.errors import ConfigError
+from facekd.models.partial_fc import ClassShard, scale_gradient
+from facekd.train import distributed as world_ops
 
 K_STEP = 100  # the official search steps K by 100 classes
 
 
 def primary_size(student_logits: Tensor, tau: float) -> int:
-    mass = F.softmax(student_logits, dim=1).sum(dim=0).sort(descending=True).values
+    return size_from_mass(F.softmax(student_logits, dim=1).sum(dim=0), tau, student_logits.shape[0])
+
+
+def size_from_mass(mass: Tensor, tau: float, batch: int) -> int:
+    """K from each class's softmax mass summed over the batch (every class, in any order)."""
+    mass = mass.sort(descending=True).values
     cumulative = mass.cumsum(0)
     candidates = torch.arange(1, len(mass), K_STEP, device=mass.device)
-    reached = cumulative[candidates - 1] >= tau * student_logits.shape[0]
+    reached = cumulative[candidates - 1] >= tau * batch
     return int(candidates[reached][0]) if reached.any() else len(mass)
+
+
+def reduce_sum(tensor: Tensor) -> Tensor:
+    return world_ops.all_reduce_with_grad(tensor)
+
+
+def sharded_log_softmax(logits: Tensor, temperature: float) -> Tensor:
+    """log softmax(logits / T) over the classes of every shard (row max and sum across ranks)."""
+    scaled = logits / temperature
+    row_max = scaled.detach().max(dim=1, keepdim=True).values
+    world_ops.all_reduce(row_max, op=torch.distributed.ReduceOp.MAX)
+    shifted = scaled - row_max
+    return shifted - reduce_sum(shifted.exp().sum(dim=1, keepdim=True)).log()
 
 
 def kl_sum(log_student: Tensor, teacher: Tensor) -> Tensor:
@@ -43,9 +67,14 @@ def kl_sum(log_student: Tensor, teacher: Tensor) -> Tensor:
 
 
 class GKDLoss(nn.Module):
+    """With a distributed `shard` (Partial FC), the logits are the global batch against this rank's
+    classes: K, the top-K threshold of each row and every softmax sum are taken across ranks."""
+
     def __init__(self, temperature: float = 4.0, tau: float = 0.93, binary_weight: float = 1.0,
-                 primary_weight: float = 4.0, secondary_weight: float = 0.0, warmup_steps: int = 0) -> None:
+                 primary_weight: float = 4.0, secondary_weight: float = 0.0, warmup_steps: int = 0,
+                 shard: ClassShard | None = None) -> None:
         super().__init__()
+        self.shard = shard
         self.temperature, self.tau = temperature, tau
         self.binary_weight, self.primary_weight, self.secondary_weight = binary_weight, primary_weight, secondary_weight
         self.warmup_steps = warmup_steps
@@ -58,6 +87,8 @@ class GKDLoss(nn.Module):
         return torch.zeros_like(student_logits, dtype=torch.bool).scatter(1, top, True)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
+        if self.shard is not None and self.shard.distributed:
+            return self.ramp(self.sharded_loss(student_logits, teacher_logits, labels))
         t = self.temperature
         batch = student_logits.shape[0]
         primary = self.primary_mask(student_logits, labels)
@@ -71,12 +102,54 @@ class GKDLoss(nn.Module):
             student_logits, teacher_logits, secondary)
         if self.secondary_weight:
             loss = loss + self.secondary_weight * self.group_kl(student_logits, teacher_logits, primary)
-        loss = loss * t * t / batch
+        return self.ramp(loss * t * t / batch)
+
+    def ramp(self, loss: Tensor) -> Tensor:
         if self.training:
             self.steps += 1
         if self.warmup_steps > 0:
             loss = loss * min(float(self.steps) / self.warmup_steps, 1.0)
         return loss
+
+    @torch.no_grad()
+    def sharded_primary_mask(self, student_logits: Tensor, labels: Tensor) -> Tensor:
+        """Each row's top-K classes over every shard (the ground truth forced in), as a local mask."""
+        log_p = sharded_log_softmax(student_logits.detach(), 1.0)
+        k = size_from_mass(self.shard.gather_rows(log_p.exp().sum(dim=0)), self.tau, student_logits.shape[0])
+        forced = student_logits.detach().clone()
+        rows = torch.nonzero(labels != -1).squeeze(1)
+        forced[rows, labels[rows]] = float("inf")
+        local = forced.topk(min(k, forced.shape[1]), dim=1).values
+        padded = torch.full((forced.shape[0], k), float("-inf"), dtype=forced.dtype, device=forced.device)
+        padded[:, : local.shape[1]] = local
+        threshold = torch.cat(world_ops.all_gather(padded), dim=1).topk(k, dim=1).values[:, -1:]
+        return forced >= threshold
+
+    def sharded_loss(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss above over class-sharded logits. Every term is a sum over classes, taken as an
+        all-reduce of this rank's part; the loss is the same on every rank, so its gradient is
+        divided by the world size (each rank's backward adds one copy through the all-reduces)."""
+        t = self.temperature
+        batch = student_logits.shape[0]
+        primary = self.sharded_primary_mask(student_logits, labels)
+        secondary = ~primary
+        log_s, log_t = sharded_log_softmax(student_logits, t), sharded_log_softmax(teacher_logits.detach(), t)
+        p_s, p_t = log_s.exp(), log_t.exp()
+        binary_s = torch.stack([reduce_sum((p_s * primary).sum(1)), reduce_sum((p_s * secondary).sum(1))], dim=1)
+        binary_t = torch.stack([reduce_sum((p_t * primary).sum(1)), reduce_sum((p_t * secondary).sum(1))], dim=1)
+        binary = (torch.xlogy(binary_t, binary_t) - binary_t * binary_s.clamp_min(1e-12).log()).sum()
+        loss = self.binary_weight * binary + self.primary_weight * self.sharded_group_kl(
+            student_logits, teacher_logits, secondary)
+        if self.secondary_weight:
+            loss = loss + self.secondary_weight * self.sharded_group_kl(student_logits, teacher_logits, primary)
+        return scale_gradient(loss * t * t / batch, 1.0 / self.shard.layout.world_size)
+
+    def sharded_group_kl(self, student_logits: Tensor, teacher_logits: Tensor, excluded: Tensor) -> Tensor:
+        shift = 1000.0 * excluded.to(student_logits.dtype)
+        log_s = sharded_log_softmax(student_logits / self.temperature - shift, 1.0)
+        log_t = sharded_log_softmax(teacher_logits.detach() / self.temperature - shift, 1.0)
+        p_t = log_t.exp()
+        return reduce_sum((torch.xlogy(p_t, p_t) - p_t * log_s).sum())
 
     def group_kl(self, student_logits: Tensor, teacher_logits: Tensor, excluded: Tensor) -> Tensor:
         """KL between the two distributions renormalised over the classes not `excluded`."""
@@ -99,8 +172,6 @@ class GKDOptions(LogitOptions):
 class GKD(LogitDistiller):
     name = "gkd"
     Options = GKDOptions
-    partial_fc_refusal = ("its primary group is each sample's top-K classes over the whole classifier, "
-                          "which facekd does not shard; use kd")
 
     @classmethod
     def make_loss(cls, options: GKDOptions, setup: DistillSetup) -> nn.Module:
@@ -111,4 +182,4 @@ class GKD(LogitDistiller):
                               "but the setup gives batches_per_epoch 0")
         warmup_steps = max(1, round(options.warmup_epochs * setup.batches_per_epoch)) if options.warmup_epochs else 0
         return GKDLoss(options.temperature, options.tau, options.binary_weight, options.primary_weight,
-                       options.secondary_weight, warmup_steps)
+                       options.secondary_weight, warmup_steps, shard=class_shard(setup, "gkd"))
