@@ -115,8 +115,22 @@ def run_rank(rank: int, port: int, root: str) -> None:
     shard = ClassShard.of_process_group(CLASSES)
     results = {name: step(distiller, inputs[mine], labels[mine], teacher_embeddings[mine], centres)
                for name, distiller in distillers(centres, shard).items()}
-    torch.save({"results": results, "start": shard.layout.class_start}, f"{root}/rank{rank}.pt")
+    logits, wide_labels = wide_problem()
+    wide = ClassShard.of_process_group(WIDE)
+    columns = slice(wide.layout.class_start, wide.layout.class_start + wide.layout.num_local)
+    mask = GKDLoss(tau=WIDE_TAU, shard=wide).sharded_primary_mask(logits[:, columns],
+                                                                 wide.local_labels(wide_labels))
+    torch.save({"results": results, "start": shard.layout.class_start, "wide_mask": mask},
+               f"{root}/rank{rank}.pt")
     world_ops.close_world(world)
+
+
+WIDE, WIDE_TAU = 230, 0.5  # GKD steps K by 100 classes: this gives a K strictly between 1 and 230
+
+
+def wide_problem() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    return torch.randn(BATCH, WIDE, generator=gen) * 3, torch.randint(0, WIDE, (BATCH,), generator=gen)
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +183,15 @@ def test_sharded_tensors_are_named_for_ddp_and_checkpoints():
     assert built["margin"].shard_layout() == {} and "margin_loss.centres" in built["margin"].sharded_tensors()
     assert set(built["kd"].sharded_tensors()) == {"head.weight", "teacher_centres"}
     assert distillers(centres, None)["kd"].sharded_tensors() == {}
+
+
+def test_gkd_primary_groups_across_shards_equal_the_full_top_k(ranks):
+    from facekd.distill.methods.gkd import primary_size
+
+    logits, labels = wide_problem()
+    k = primary_size(logits, WIDE_TAU)
+    assert 1 < k < WIDE
+    full = GKDLoss(tau=WIDE_TAU).primary_mask(logits, labels)
+    sharded = torch.cat([rank["wide_mask"] for rank in ranks], dim=1)
+    assert torch.equal(sharded, full)
+    assert (full.sum(1) == k).all()
