@@ -10,19 +10,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from facekd.train.distributed import all_reduce, is_distributed
+from facekd.train.distributed import all_reduce, all_reduce_with_grad, is_distributed
 
 
-def _sharded_log_softmax(logits: Tensor) -> Tensor:
-    """Row log-softmax of local logits against the classes of every rank (no gradient)."""
-    row_max = logits.max(dim=1, keepdim=True).values
-    if is_distributed():
-        row_max = all_reduce(row_max, op=torch.distributed.ReduceOp.MAX)
-    shifted = logits - row_max
-    row_sum = shifted.exp().sum(dim=1, keepdim=True)
-    if is_distributed():
-        row_sum = all_reduce(row_sum)
-    return shifted - row_sum.log()
+def sharded_log_softmax(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Row log softmax(logits / T) of local logits against the classes of every rank (row max
+    all-reduced; the row sum all-reduced with its gradient, see `all_reduce_with_grad`)."""
+    scaled = logits / temperature
+    row_max = scaled.detach().max(dim=1, keepdim=True).values
+    all_reduce(row_max, op=torch.distributed.ReduceOp.MAX)
+    shifted = scaled - row_max
+    return shifted - all_reduce_with_grad(shifted.exp().sum(dim=1, keepdim=True)).log()
 
 
 class _ShardedKL(torch.autograd.Function):
@@ -30,8 +28,8 @@ class _ShardedKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-        log_ps = _sharded_log_softmax(student.detach() / temperature)
-        log_pt = _sharded_log_softmax(teacher.detach() / temperature)
+        log_ps = sharded_log_softmax(student.detach(), temperature)
+        log_pt = sharded_log_softmax(teacher.detach(), temperature)
         pt = log_pt.exp()
         partial = (pt * (log_pt - log_ps)).sum()
         if is_distributed():

@@ -31,6 +31,7 @@ from facekd.distill.logit_kd import LogitDistiller, LogitOptions
 from facekd.distill.common import class_shard
 from facekd.errors import ConfigError
 from facekd.models.partial_fc import ClassShard, scale_gradient
+from facekd.models.sharded_logits import sharded_log_softmax
 from facekd.train import distributed as world_ops
 
 K_STEP = 100  # the official search steps K by 100 classes
@@ -51,15 +52,6 @@ def size_from_mass(mass: Tensor, tau: float, batch: int) -> int:
 
 def reduce_sum(tensor: Tensor) -> Tensor:
     return world_ops.all_reduce_with_grad(tensor)
-
-
-def sharded_log_softmax(logits: Tensor, temperature: float) -> Tensor:
-    """log softmax(logits / T) over the classes of every shard (row max and sum across ranks)."""
-    scaled = logits / temperature
-    row_max = scaled.detach().max(dim=1, keepdim=True).values
-    world_ops.all_reduce(row_max, op=torch.distributed.ReduceOp.MAX)
-    shifted = scaled - row_max
-    return shifted - reduce_sum(shifted.exp().sum(dim=1, keepdim=True)).log()
 
 
 def kl_sum(log_student: Tensor, teacher: Tensor) -> Tensor:
