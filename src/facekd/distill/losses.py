@@ -55,21 +55,29 @@ def centre_cosine_matrix(embeddings: Tensor, centres: Tensor) -> Tensor:
     return (F.normalize(embeddings.float(), dim=1) @ F.normalize(centres.float(), dim=1).t()).clamp(-1.0, 1.0)
 
 
-class FrozenCentreMarginLoss(nn.Module):
+class ShardedCentres(nn.Module):
+    """Base of a loss whose `centres` buffer holds this process's rows of the class centres: every
+    row without a `shard`, the shard's range under Partial FC. `classes` is the shard in use."""
+
+    def __init__(self, num_classes: int, shard: ClassShard | None) -> None:
+        super().__init__()
+        self.shard = shard
+        self.classes = shard or ClassShard.whole(num_classes)
+
+    def row_shards(self) -> dict[str, ShardLayout]:
+        return {"centres": self.shard.layout} if self.shard else {}
+
+
+class FrozenCentreMarginLoss(ShardedCentres):
     """Margin softmax against fixed class centres; with a `shard`, this process's rows of them
     score the global batch (Partial FC)."""
 
     def __init__(self, centres: Tensor, margin: CombinedMargin, *, shard: ClassShard | None = None) -> None:
-        super().__init__()
-        self.shard = shard
-        self.classes = shard or ClassShard.whole(centres.shape[0])
+        super().__init__(centres.shape[0], shard)
         # Not persistent: the centres are the teacher's and are rebuilt from it, not checkpointed.
         self.register_buffer("centres", F.normalize(self.classes.rows(centres).detach().float(), dim=1),
                              persistent=False)
         self.margin = margin
-
-    def row_shards(self) -> dict[str, ShardLayout]:
-        return {"centres": self.shard.layout} if self.shard else {}
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         classes = self.classes

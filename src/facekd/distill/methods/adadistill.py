@@ -47,13 +47,13 @@ from torch import Tensor, nn
 
 from facekd.distill.common import build_student_with_embedding, class_shard
 from facekd.distill.distiller import Distiller, DistillSetup
-from facekd.distill.losses import MARGIN_LOSSES, centre_cosine_matrix, margin_from_options
+from facekd.distill.losses import MARGIN_LOSSES, ShardedCentres, centre_cosine_matrix, margin_from_options
 from facekd.distill.options import option
 from facekd.distill.registry import register_distiller
 from facekd.distill.teacher import EMBEDDING, Teacher, TeacherOutputs
 from facekd.errors import ConfigError
 from facekd.models.heads import CombinedMargin
-from facekd.models.partial_fc import ClassShard, ShardLayout
+from facekd.models.partial_fc import ClassShard
 from facekd.train import distributed as world_ops
 
 ALPHAS = ("alpha_prime", "alpha")
@@ -73,23 +73,18 @@ def last_occurrence(labels: Tensor) -> Tensor:
     return last.scatter_reduce(0, inverse, positions, reduce="amax")
 
 
-class AdaptiveCentreLoss(nn.Module):
+class AdaptiveCentreLoss(ShardedCentres):
     """Margin softmax against class centres that follow the teacher's embeddings by adaptive EMA."""
 
     def __init__(self, num_classes: int, embedding_size: int, margin: CombinedMargin, *,
                  alpha: str = "alpha_prime", init_std: float = 0.01, shard: ClassShard | None = None) -> None:
-        super().__init__()
         if alpha not in ALPHAS:
             raise ConfigError(f"adadistill.alpha: found {alpha!r}, expected one of {list(ALPHAS)}")
-        self.shard = shard
-        self.classes = shard or ClassShard.whole(num_classes)
+        super().__init__(num_classes, shard)
         # Drawn whole, then cut: a shard starts from the same rows as the one-classifier form.
         self.register_buffer("centres", self.classes.rows(torch.randn(num_classes, embedding_size) * init_std).clone())
         self.margin = margin
         self.alpha = alpha
-
-    def row_shards(self) -> dict[str, ShardLayout]:
-        return {"centres": self.shard.layout} if self.shard else {}
 
     @torch.no_grad()
     def update(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:

@@ -40,10 +40,11 @@ from torch import Tensor, nn
 
 from facekd.distill.common import build_student_with_embedding, class_shard
 from facekd.distill.distiller import Distiller, DistillSetup
+from facekd.distill.losses import ShardedCentres
 from facekd.distill.options import option
 from facekd.distill.registry import register_distiller
 from facekd.distill.teacher import CENTRE_COSINE, Teacher, TeacherOutputs
-from facekd.models.partial_fc import ClassShard, ShardLayout
+from facekd.models.partial_fc import ClassShard
 from facekd.train import distributed as world_ops
 
 # Keeps acos finite-gradient at cos = +-1.
@@ -51,14 +52,12 @@ COSINE_LIMIT = 1.0 - 1e-6
 DMAX_FLOOR = 1e-6
 
 
-class AdaptiveMarginLoss(nn.Module):
+class AdaptiveMarginLoss(ShardedCentres):
     """ArcFace against frozen centres with the per-sample margin m_i of MarginDistillation."""
 
     def __init__(self, centres: Tensor, *, s: float = 64.0, m_max: float = 0.5, m_min: float = 0.2,
                  global_dmax: bool = True, shard: ClassShard | None = None) -> None:
-        super().__init__()
-        self.shard = shard
-        self.classes = shard or ClassShard.whole(centres.shape[0])
+        super().__init__(centres.shape[0], shard)
         # Not persistent: the centres are the teacher's and are rebuilt from it, not checkpointed.
         self.register_buffer("centres", F.normalize(self.classes.rows(centres).detach().float(), dim=1),
                              persistent=False)
@@ -76,9 +75,6 @@ class AdaptiveMarginLoss(nn.Module):
             world_ops.all_reduce(d_max, op=torch.distributed.ReduceOp.MAX)
         d_max = d_max.clamp_min(DMAX_FLOOR)
         return (self.m_max - self.m_min) / d_max * centre_cosine + self.m_min
-
-    def row_shards(self) -> dict[str, ShardLayout]:
-        return {"centres": self.shard.layout} if self.shard else {}
 
     def forward(self, embeddings: Tensor, labels: Tensor, centre_cosine: Tensor) -> dict[str, Tensor]:
         classes = self.classes
