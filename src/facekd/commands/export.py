@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         from facekd.deploy.onnx import RawPixelInput
 
         model, parity_inputs = RawPixelInput(model).eval(), parity_inputs * 127.5 + 127.5
-    export_onnx(model, out, input_size, args.pixels)
+    export_onnx(model, out, input_size)
     report = check_parity(model, inference_session(out), parity_inputs, what=str(out))
     print(
         f"wrote {out}: parity over {report.images} images at batch {report.batch_sizes[0]} and 1: max relative "

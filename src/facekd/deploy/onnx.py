@@ -39,15 +39,12 @@ class ParityError(FacekdError):
     """The ONNX model's outputs differ from PyTorch's by more than the tolerance."""
 
 
-PIXEL_CONVENTIONS = ("normalised", "raw")
-
-
 class RawPixelInput(nn.Module):
     """The network behind an in-graph (x - 127.5) / 127.5: the graph takes RGB pixels in [0, 255].
 
     That is what OpenCV's `FaceRecognizerSF` feeds (`blobFromImage(img, 1, size, 0, swapRB=true)`),
     and what insightface's `ArcFaceONNX` feeds when it finds nodes named Sub and Mul among the
-    graph's first 8 (then mean 0, std 1); `export_model_proto(..., pixels="raw")` names them so.
+    graph's first 8 (then mean 0, std 1); `export_model_proto` names them so for this module.
     """
 
     def __init__(self, network: nn.Module) -> None:
@@ -65,14 +62,13 @@ def _name_normalisation_nodes(proto) -> None:
         node.name = f"{op}_pixel_normalisation"
 
 
-def export_model_proto(model: nn.Module, input_size: int, pixels: str = "normalised"):
+def export_model_proto(model: nn.Module, input_size: int):
     """The model (moved to CPU, eval mode) as an `onnx.ModelProto` with a dynamic batch dimension.
 
-    `pixels`: "normalised", the graph takes RGB in [-1, 1] (insightface's convention for graphs
-    without normalisation); "raw", `model` is a `RawPixelInput` and the graph takes RGB in [0, 255].
+    The graph takes RGB in [-1, 1] (insightface's convention for graphs without normalisation), or
+    in [0, 255] when `model` is a `RawPixelInput`; the metadata says which.
     """
-    if pixels not in PIXEL_CONVENTIONS:
-        raise ValueError(f"pixels: found {pixels!r}, expected one of {PIXEL_CONVENTIONS}")
+    raw = isinstance(model, RawPixelInput)
     model = model.cpu().eval()
     # Batch 2: torch.export specialises sizes 0 and 1, so a batch-1 example would pin the batch.
     example = torch.zeros(2, 3, input_size, input_size)
@@ -88,8 +84,8 @@ def export_model_proto(model: nn.Module, input_size: int, pixels: str = "normali
         verbose=False,
     )
     proto = program.model_proto
-    mean, std = ("0", "1") if pixels == "raw" else ("127.5", "127.5")
-    if pixels == "raw":
+    mean, std = ("0", "1") if raw else ("127.5", "127.5")
+    if raw:
         _name_normalisation_nodes(proto)
     for key, value in {"facekd.pixel_mean": mean, "facekd.pixel_std": std, "facekd.channel_order": "RGB",
                        "facekd.input_size": str(input_size)}.items():
@@ -126,9 +122,9 @@ def export_program(model: nn.Module, path: str | os.PathLike, input_size: int) -
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, pixels: str = "normalised") -> None:
+def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int) -> None:
     """Write the model as one self-contained `.onnx` file (atomically)."""
-    atomic_write_bytes(path, export_model_proto(model, input_size, pixels).SerializeToString())
+    atomic_write_bytes(path, export_model_proto(model, input_size).SerializeToString())
 
 
 def inference_session(model, *, threads: int | None = None, providers: list[str] | None = None):
