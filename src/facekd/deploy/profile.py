@@ -17,9 +17,10 @@ What each figure means:
 The fast mode measures PyTorch at batch 1 only, for quick reports such as the demo.
 
 An ONNX model (`profile_onnx`) is measured in onnxruntime only: `parameters` are its initializers'
-elements (the weights, plus small constants such as reduction axes), `size_mb` the file, and `flops` are counted by onnx-tool, whose rule counts every operator
-(BatchNorm, PReLU, additions too), 2-8 % above the rule above on facekd's backbones; the command
-counts its reference by the same rule, so the ratio compares like with like.
+elements (the weights, plus small constants such as reduction axes), `size_mb` the file, and
+`flops` are counted by onnx-tool, whose rule counts every operator (BatchNorm, PReLU, additions
+too), 2-8 % above the rule above on facekd's backbones; the command counts its reference by the
+same rule, so the ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -241,17 +242,19 @@ def profile_model(
     fields["torch_large_ms"] = median_ms(torch_forward(large), **large_counts)
     fields["peak_memory_large_mb"] = peak_forward_memory_mb(model, large)
 
-    ort = ort_forward(model, resolution)
+    from facekd.deploy.onnx import export_model_proto
+
+    ort = ort_forward(export_model_proto(model, resolution))
     fields["ort_b1_ms"] = median_ms(ort(one), warmup=settings.warmup, repeats=settings.repeats)
     fields["ort_large_ms"] = median_ms(ort(large), **large_counts)
     return ModelProfile(**fields)
 
 
-def ort_forward(model: nn.Module, resolution: int) -> Callable[[torch.Tensor], Callable[[], object]]:
-    """`run = ort_forward(model, size)(batch)`: one onnxruntime pass of the model's export on `batch`."""
-    from facekd.deploy.onnx import export_model_proto, inference_session
+def ort_forward(proto) -> Callable[[torch.Tensor], Callable[[], object]]:
+    """`run = ort_forward(proto)(batch)`: one onnxruntime pass of an exported model on `batch`."""
+    from facekd.deploy.onnx import inference_session
 
-    session = inference_session(export_model_proto(model, resolution), threads=torch.get_num_threads())
+    session = inference_session(proto, threads=torch.get_num_threads())
     input_name = session.get_inputs()[0].name
 
     def on(batch: torch.Tensor) -> Callable[[], object]:
@@ -263,19 +266,13 @@ def ort_forward(model: nn.Module, resolution: int) -> Callable[[torch.Tensor], C
 
 def onnx_flops(model, resolution: int) -> tuple[int, int]:
     """(FLOPs at 2 per multiply-add, parameters) of one image, by onnx-tool's profiler, for an ONNX
-    path, bytes or ModelProto; every operator is counted, not only convolutions and products."""
+    path or ModelProto; every operator is counted, not only convolutions and products."""
     import onnx_tool
 
-    graph = onnx_tool.Model(model if not isinstance(model, bytes) else onnx_from_bytes(model)).graph
+    graph = onnx_tool.Model(model).graph
     graph.shape_infer({graph.input[0]: np.zeros((1, 3, resolution, resolution), np.float32)})
     graph.profile()
     return int(2 * graph.macs[0]), int(graph.params)
-
-
-def onnx_from_bytes(data: bytes):
-    import onnx
-
-    return onnx.load_from_string(data)
 
 
 def profile_onnx(embedder, name: str, settings: LatencySettings = LatencySettings()) -> ModelProfile:
@@ -286,17 +283,17 @@ def profile_onnx(embedder, name: str, settings: LatencySettings = LatencySetting
     generator = torch.Generator().manual_seed(0)
     feed = embedder.input_name
 
-    def ort_forward(batch: int):
+    def session_run(batch: int) -> Callable[[], object]:
         blob = (torch.rand(batch, 3, size, size, generator=generator) * 255).numpy().astype(np.float32)
         return lambda: embedder.session.run(None, {feed: blob})
 
     fields: dict = dict(name=name, resolution=size, parameters=parameters,
                         size_mb=embedder.path.stat().st_size / MIB, flops=flops,
                         embedding_size=embedder.embedding_size, threads=torch.get_num_threads(),
-                        ort_b1_ms=median_ms(ort_forward(1), warmup=settings.warmup, repeats=settings.repeats))
+                        ort_b1_ms=median_ms(session_run(1), warmup=settings.warmup, repeats=settings.repeats))
     if not settings.fast and embedder.fixed_batch is None:
         fields["large_batch"] = settings.large_batch
-        fields["ort_large_ms"] = median_ms(ort_forward(settings.large_batch), warmup=settings.large_batch_warmup,
+        fields["ort_large_ms"] = median_ms(session_run(settings.large_batch), warmup=settings.large_batch_warmup,
                                            repeats=settings.large_batch_repeats)
     return ModelProfile(**fields)
 
