@@ -23,7 +23,7 @@ from facekd.errors import ConfigError, DataError
 from facekd.fileio import atomic_write_text
 from facekd.models.loading import load_weights_into
 from facekd.train import checkpoint as ckpt
-from facekd.train.build import backbone_options, bin_evaluator, open_train_samples
+from facekd.train.build import backbone_options, bin_evaluator, check_sampling, open_train_samples
 from facekd.train.config import from_dict
 from facekd.train.distributed import World, broadcast_object
 from facekd.train.engine import Trainer, TrainResult, batches_per_epoch
@@ -181,8 +181,7 @@ def check_partial_fc(config: DistillExperimentConfig, method: type[Distiller]) -
     if head.partial_fc and method.partial_fc_refusal:
         raise ConfigError(f"head.partial_fc: method {method.name!r} cannot shard its classes: "
                           f"{method.partial_fc_refusal} (or set head.partial_fc: false)")
-    if head.sample_rate != 1.0 and not head.partial_fc:
-        raise ConfigError(f"head.sample_rate is {head.sample_rate}, but sampling needs head.partial_fc: true")
+    check_sampling(head)
 
 
 class StageFitter:

@@ -55,11 +55,16 @@ def build_margin(config: ExperimentConfig) -> CombinedMargin:
 
 def build_head(config: ExperimentConfig, embedding_size: int, num_classes: int) -> nn.Module:
     """Partial FC when asked for (it shards under torch.distributed), else the full margin classifier."""
+    check_sampling(config.head)
     if config.head.partial_fc:
         return PartialFC(embedding_size, num_classes, build_margin(config), sample_rate=config.head.sample_rate)
-    if config.head.sample_rate != 1.0:
-        raise ConfigError(f"head.sample_rate is {config.head.sample_rate}, but sampling needs head.partial_fc: true")
     return MarginClassifier(embedding_size, num_classes, build_margin(config))
+
+
+def check_sampling(head) -> None:
+    """Sampling negative classes is a Partial FC feature: refuse a sample rate without it."""
+    if head.sample_rate != 1.0 and not head.partial_fc:
+        raise ConfigError(f"head.sample_rate is {head.sample_rate}, but sampling needs head.partial_fc: true")
 
 
 def backbone_options(config: ExperimentConfig) -> dict:
