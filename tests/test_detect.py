@@ -3,7 +3,8 @@ import pytest
 from skimage import data
 
 from facekd.data.align import ARCFACE_DST, align_face, similarity_matrix
-from facekd.data.detect import SCRFD_ANCHORS, SCRFD_STRIDES, YuNetDetector, decode_scrfd, pick_face
+from facekd.data.detect import (SCRFD_ANCHORS, SCRFD_STRIDES, YuNetDetector, decode_scrfd, greedy_nms, letterbox,
+                                pick_face)
 
 
 def astronaut_eye_residual():
@@ -45,6 +46,28 @@ def test_scrfd_decoder_recovers_a_hand_placed_face():
     np.testing.assert_allclose(faces[0].box, [16, 8, 64, 40])
     np.testing.assert_allclose(faces[0].landmarks[:2], [[24, 12], [40, 12]])
     assert faces[0].score == pytest.approx(0.9)
+
+
+def test_greedy_nms_counts_pixels_inclusively_and_keeps_equal_overlap():
+    # [0,0,9,9] and [5,0,14,9]: areas (9+1)(9+1) = 100, intersection (9-5+1)(9-0+1) = 50,
+    # overlap 50 / (100 + 100 - 50) = 1/3 (without the +1: 36 / 126 = 0.286)
+    boxes = np.array([[0, 0, 9, 9], [5, 0, 14, 9], [40, 40, 49, 49]], dtype=np.float32)
+    scores = np.array([0.9, 0.8, 0.7], dtype=np.float32)
+    assert greedy_nms(boxes, scores, 0.3).tolist() == [0, 2]
+    assert greedy_nms(boxes, scores, 0.34).tolist() == [0, 1, 2]
+    # [0,0,9,9] and [0,0,9,4]: intersection 50, union 100: overlap exactly 0.5 is kept
+    assert greedy_nms(np.array([[0, 0, 9, 9], [0, 0, 9, 4.0]]), np.array([0.9, 0.8]), 0.5).tolist() == [0, 1]
+    # descending score, ties in input order
+    assert greedy_nms(boxes[[2, 1]], np.array([0.5, 0.5]), 0.3).tolist() == [0, 1]
+
+
+def test_letterbox_truncates_the_shorter_side_and_scales_by_height():
+    canvas, scale = letterbox(np.full((333, 500, 3), 200, np.uint8), 640)
+    # longer side 500 -> 640; shorter 640 * 333 / 500 = 426.24 -> 426; scale 426 / 333, not 640 / 500
+    assert scale == 426 / 333
+    assert canvas.shape == (640, 640, 3) and canvas[425, 639, 0] == 200 and canvas[426, 0, 0] == 0
+    canvas, scale = letterbox(np.full((500, 300, 3), 200, np.uint8), 640)
+    assert scale == 640 / 500 and canvas[639, 383, 0] == 200 and canvas[0, 384, 0] == 0  # int(640 / (5/3)) = 384
 
 
 def test_pick_face_prefers_the_larger_face():

@@ -19,7 +19,6 @@ import math
 import subprocess
 import sys
 import tempfile
-import venv
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 
 from facekd.evaluate import identification, ijb, verification
 from facekd.models import CombinedMargin
+from side_venv import side_python
 
 HERE = Path(__file__).resolve().parent
 SIDE_VENV = HERE / ".venv"
@@ -38,18 +38,6 @@ TOLERANCE = {"verification": 1e-9, "margin": 1e-5, "ijb_11": 1e-12, "ijb_1n": 1e
 
 
 # ---- the side venv ----
-
-
-def side_python(torch_requirement: str) -> Path:
-    """The side venv's interpreter, created and filled with the pins on first use."""
-    python = SIDE_VENV / "bin" / "python"
-    if not python.exists():
-        venv.create(SIDE_VENV, with_pip=True)
-    probe = "import numpy, scipy, sklearn, torch; print(numpy.__version__, scipy.__version__, sklearn.__version__)"
-    found = subprocess.run([python, "-c", probe], capture_output=True, text=True)
-    if found.stdout.split() != [pin.split("==")[1] for pin in PINS]:
-        subprocess.run([python, "-m", "pip", "install", "-q", *PINS, torch_requirement], check=True)
-    return python
 
 
 # ---- generated cases ----
@@ -300,7 +288,7 @@ def main() -> int:
                         help="pip requirement for torch in the side venv")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    python = side_python(args.torch)
+    python = side_python(SIDE_VENV, PINS, (args.torch,))
     rng = np.random.default_rng(args.seed)
     cases = verification_cases(rng) + margin_cases(rng) + ijb_11_cases(rng) + ijb_1n_cases(rng)
     failures = 0

@@ -44,8 +44,14 @@ def template_for(image_size: int) -> np.ndarray:
 
 
 def similarity_matrix(landmarks: np.ndarray, template: np.ndarray = ARCFACE_DST) -> np.ndarray:
-    """The 2x3 similarity transform taking `landmarks` (5x2, x y) onto `template`."""
-    landmarks = np.asarray(landmarks, dtype=np.float64)
+    """The 2x3 similarity transform taking `landmarks` (5x2, x y) onto `template`.
+
+    Float landmarks keep their dtype, as in norm_crop: scikit-image estimates in the inputs'
+    precision, so float32 landmarks (SCRFD's, YuNet's) give insightface's float32-exact matrix.
+    """
+    landmarks = np.asarray(landmarks)
+    if not np.issubdtype(landmarks.dtype, np.floating):
+        landmarks = landmarks.astype(np.float64)
     if landmarks.shape != template.shape:
         raise DataError(f"landmarks of shape {landmarks.shape}, expected {template.shape}")
     transform = SimilarityTransform.from_estimate(landmarks, template)

@@ -23,7 +23,7 @@ SCRFD_ANCHORS = 2
 @dataclass(frozen=True)
 class Face:
     box: np.ndarray  # x1 y1 x2 y2
-    landmarks: np.ndarray  # 5x2: left eye, right eye, nose, left and right mouth corners
+    landmarks: np.ndarray  # 5x2 float32: left eye, right eye, nose, left and right mouth corners
     score: float
 
 
@@ -51,7 +51,7 @@ class YuNetDetector:
         if rows is None:
             return []
         return [
-            Face(np.array([r[0], r[1], r[0] + r[2], r[1] + r[3]]), r[4:14].reshape(5, 2).astype(np.float64), float(r[14]))
+            Face(np.array([r[0], r[1], r[0] + r[2], r[1] + r[3]]), r[4:14].reshape(5, 2), float(r[14]))
             for r in rows
         ]
 
@@ -63,9 +63,32 @@ def anchor_centres(height: int, width: int, stride: int) -> np.ndarray:
     return np.repeat(centres, SCRFD_ANCHORS, axis=0)
 
 
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept by greedy NMS in descending score order, ties in input order.
+
+    insightface's SCRFD rule: areas in the inclusive-pixel convention ((x2 - x1 + 1)(y2 - y1 + 1)),
+    and a box is suppressed when its overlap exceeds the threshold (kept at equality).
+    """
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        first, rest = order[0], order[1:]
+        keep.append(first)
+        width = np.maximum(0.0, np.minimum(x2[first], x2[rest]) - np.maximum(x1[first], x1[rest]) + 1)
+        height = np.maximum(0.0, np.minimum(y2[first], y2[rest]) - np.maximum(y1[first], y1[rest]) + 1)
+        overlap = width * height / (areas[first] + areas[rest] - width * height)
+        order = rest[overlap <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
 def decode_scrfd(outputs: list[np.ndarray], input_size: tuple[int, int], score_threshold: float = 0.5,
                  nms_threshold: float = 0.4) -> list[Face]:
     """Decode SCRFD heads (scores x3, box distances x3, landmark offsets x3) at the network input scale."""
+    if len(outputs) != 3 * len(SCRFD_STRIDES):
+        raise ConfigError(f"SCRFD model with {len(outputs)} outputs, expected {3 * len(SCRFD_STRIDES)} (scores, "
+                          f"boxes and landmarks at strides {SCRFD_STRIDES}, as det_10g.onnx and det_2.5g.onnx)")
     height, width = input_size
     boxes, points, scores = [], [], []
     for index, stride in enumerate(SCRFD_STRIDES):
@@ -81,27 +104,43 @@ def decode_scrfd(outputs: list[np.ndarray], input_size: tuple[int, int], score_t
         points.append(np.tile(c, 5) + offset[keep])
         scores.append(score[keep])
     boxes, points, scores = np.concatenate(boxes), np.concatenate(points), np.concatenate(scores)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), score_threshold, nms_threshold)
-    return [Face(boxes[i], points[i].reshape(5, 2).astype(np.float64), float(scores[i])) for i in np.asarray(kept).reshape(-1)]
+    kept = greedy_nms(boxes, scores, nms_threshold)
+    return [Face(boxes[i], points[i].reshape(5, 2), float(scores[i])) for i in kept]
+
+
+def letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """The image resized to fit a `size` square (top-left, black padding) and the scale used.
+
+    insightface's SCRFD rule: the longer side becomes `size`, the other is truncated to an integer,
+    and the scale is the resized height over the original height.
+    """
+    height, width = image_bgr.shape[:2]
+    if height > width:
+        new_height, new_width = size, int(size / (height / width))
+    else:
+        new_height, new_width = int(size * (height / width)), size
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[:new_height, :new_width] = cv2.resize(image_bgr, (new_width, new_height))
+    return canvas, new_height / height
 
 
 class ScrfdDetector:
-    def __init__(self, model: Path, input_size: int = 640):
+    """An SCRFD ONNX detector run as insightface's `SCRFD.detect(img, input_size=(640, 640))`."""
+
+    def __init__(self, model: Path, input_size: int = 640, score_threshold: float = 0.5, nms_threshold: float = 0.4):
         import onnxruntime
 
         self.session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.input_size = input_size
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
-        height, width = image_bgr.shape[:2]
-        scale = self.input_size / max(height, width)
-        resized = cv2.resize(image_bgr, (round(width * scale), round(height * scale)))
-        canvas = np.zeros((self.input_size, self.input_size, 3), np.uint8)
-        canvas[: resized.shape[0], : resized.shape[1]] = resized
+        canvas, scale = letterbox(image_bgr, self.input_size)
         blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128, (self.input_size, self.input_size), (127.5,) * 3, swapRB=True)
-        faces = decode_scrfd(self.session.run(None, {self.input_name: blob}), (self.input_size, self.input_size))
+        outputs = self.session.run(None, {self.input_name: blob})
+        faces = decode_scrfd(outputs, (self.input_size, self.input_size), self.score_threshold, self.nms_threshold)
         return [Face(f.box / scale, f.landmarks / scale, f.score) for f in faces]
 
 
