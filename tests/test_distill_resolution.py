@@ -182,3 +182,28 @@ def test_kt_from_a_non_fcn_teacher_is_refused_in_one_line(tmp_path):
             ResolutionDistiller.create(make_setup(tmp_path, teacher, {"mode": mode}, arch=dict(arch, input_size=32),
                                                   student_size=32))
         assert "\n" not in str(error.value) and "mode kd" in str(error.value)
+
+
+@pytest.mark.parametrize("fcn", [True, False])
+def test_an_onnx_teacher_gives_kd_the_same_pooled_target_as_its_pytorch_original(tmp_path, fcn):
+    from facekd.deploy.onnx import export_onnx
+    from facekd.deploy.onnx_teacher import OnnxEmbedder
+
+    arch = {"width": 0.125, "fcn": fcn, "num_features": 16, "input_size": 64}
+    torch.manual_seed(0)
+    network = build_backbone("r18", **arch).eval()
+    export_onnx(network, tmp_path / "teacher.onnx", 64)
+    student_arch = dict(arch, input_size=32 if not fcn else 64)
+    results = []
+    for teacher in (Teacher(network, input_size=64), Teacher(OnnxEmbedder(tmp_path / "teacher.onnx"), input_size=64)):
+        torch.manual_seed(1)  # the same student initialisation for both teachers
+        distiller = ResolutionDistiller.create(make_setup(tmp_path, teacher, {"mode": "kd", "target": "pooled"},
+                                                          arch=student_arch, student_size=32))
+        distiller.eval()
+        batch = {"image": torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator()
+                                        .manual_seed(2)), "label": torch.tensor([0, 1, 2])}
+        results.append(distiller(batch)["loss_kd"].item())
+    assert results[1] == pytest.approx(results[0], rel=1e-4)
+    with pytest.raises(ConfigError, match="is an ONNX model, so its weights cannot initialise the student"
+                       if fcn else "not fully convolutional"):
+        ResolutionDistiller.create(make_setup(tmp_path, teacher, {"mode": "kt+kd"}, arch=student_arch, student_size=32))

@@ -193,3 +193,40 @@ def test_a_collapsed_teacher_is_refused_in_one_line(tmp_path):
     cosine = unit @ unit.T
     expected = float((cosine.sum() - cosine.diagonal().sum()) / (8 * 7))
     assert check_teacher_separates(teacher, samples, spread.convention.describe()) == pytest.approx(expected, abs=1e-5)
+
+
+def test_pooled_features_are_the_embedding_layers_input(tmp_path):
+    from facekd.distill.teacher import POOLED, STAGES, Teacher
+
+    weight = _tiny_model(tmp_path / "tiny.onnx", "N")
+    embedder = OnnxEmbedder(tmp_path / "tiny.onnx")
+    # GlobalAveragePool -> Flatten -> MatMul(weight): the pooled vector is the Flatten output of a 3x1x1 map
+    assert (embedder.pooled.name, embedder.pooled.size, embedder.pooled.map_shape) == ("flat", 3, (3, 1, 1))
+    assert embedder.fcn
+    images = torch.rand(5, 3, 4, 4) * 2 - 1
+    features = embedder.forward_features(images)
+    mean = images.mean(dim=(2, 3))  # insightface's 127.5/127.5 convention feeds [-1, 1] unchanged
+    torch.testing.assert_close(features["pooled"], mean, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(features["embedding"], mean @ torch.from_numpy(weight), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(features["embedding"], embedder(images))
+    teacher = Teacher(embedder, input_size=4, source="tiny.onnx")
+    teacher.require(POOLED)
+    assert teacher.pooled_size == 3
+    with pytest.raises(ConfigError, match="stage feature maps .* which an ONNX model does not give"):
+        teacher.require(STAGES)
+
+
+def test_a_graph_without_an_embedding_layer_has_no_pooled_features(tmp_path):
+    from facekd.distill.teacher import POOLED, Teacher
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["data"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["out"])],
+        "no_fc", inputs=[helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        outputs=[helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "no_fc.onnx"))
+    embedder = OnnxEmbedder(tmp_path / "no_fc.onnx")
+    assert embedder.pooled is None
+    with pytest.raises(ConfigError, match="no embedding layer"):
+        embedder.forward_features(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ConfigError, match="needs its pooled features, but no embedding layer"):
+        Teacher(embedder, input_size=4, source="no_fc.onnx").require(POOLED)

@@ -1,4 +1,4 @@
-"""An ONNX face-recognition model as an embedding-only teacher, run by onnxruntime.
+"""An ONNX face-recognition model as a teacher (embedding and pooled features), run by onnxruntime.
 
 `OnnxEmbedder(path)` is called like a facekd backbone: on a float N x 3 x H x W tensor, RGB in
 [-1, 1] (facekd's `transforms.normalize`), it returns the raw N x D embedding as a float32 tensor on
@@ -18,6 +18,13 @@ and a multiplication before the first convolution, the graph normalises by itsel
 insightface looks for those nodes by name among the first 8; facekd follows the input's consumers,
 which also finds them in quantised graphs whose first nodes dequantise weights (SFace's int8 file).
 Otherwise insightface's 127.5 / 127.5.
+
+Besides the embedding, `forward_features` gives the pooled features, the vector fed to the
+graph's embedding layer (the data input of its last Gemm or MatMul with a constant weight), as an
+extra graph output of a second session made on first use. That is what Karlekar's resolution KD,
+`neurons` (layer pooled) and transfer's alignment stage read. Stage feature maps with routing
+through the remaining blocks (ShrinkTeaNet) need the network in PyTorch: onnx2torch, the
+maintained converter, requires torchvision, which facekd does not install.
 
 The input size is read from the graph. A graph with a fixed batch size (SFace's is 1) is run in
 chunks of that size. Graph inputs that no node reads are pruned before the session is created
@@ -114,6 +121,60 @@ def load_pruned_model(path: str | os.PathLike):
     return model
 
 
+def constant_tensors(graph) -> set[str]:
+    """Names of the tensors that do not depend on the graph input: initializers, Constant outputs,
+    and the outputs of nodes whose inputs are all constant (e.g. a transposed weight)."""
+    constants = {init.name for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" or (node.input and all(name in constants or not name for name in node.input)):
+            constants.update(node.output)
+    return constants
+
+
+def embedding_layer_input(model) -> str | None:
+    """The tensor fed to the embedding layer: the data input of the graph's last Gemm or MatMul whose
+    other operand is a constant weight; None when the graph has no such layer."""
+    constants = constant_tensors(model.graph)
+    for node in reversed(model.graph.node):
+        if node.op_type in ("Gemm", "MatMul"):
+            data = [name for name in node.input[:2] if name not in constants]
+            if len(data) == 1:
+                return data[0]
+    return None
+
+
+@dataclass(frozen=True)
+class PooledLayout:
+    """The pooled tensor's name, size, and the C x h x w map it was flattened from (None if not known)."""
+
+    name: str
+    size: int
+    map_shape: tuple[int, int, int] | None
+
+    @property
+    def fcn(self) -> bool:
+        """False when the pooled vector is a flattened spatial map (a non-FCN head)."""
+        return self.map_shape is None or self.map_shape[1:] == (1, 1)
+
+
+def pooled_layout(model) -> PooledLayout | None:
+    """Where the pooled features are in the graph, from ONNX shape inference; None when not found."""
+    import onnx
+
+    name = embedding_layer_input(model)
+    if name is None:
+        return None
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: _dims(v) for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    dims = shapes.get(name, [])
+    if len(dims) != 2 or dims[1] is None:
+        return None
+    producer = next((node for node in model.graph.node if name in node.output), None)
+    map_dims = shapes.get(producer.input[0], []) if producer is not None and producer.op_type in ("Flatten", "Reshape") else []
+    map_shape = tuple(map_dims[1:]) if len(map_dims) == 4 and None not in map_dims[1:] else None
+    return PooledLayout(name, dims[1], map_shape)
+
+
 def _dims(value_info) -> list[int | None]:
     """Static sizes of a graph input or output; None for a symbolic or unknown dimension."""
     return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
@@ -162,6 +223,9 @@ class OnnxEmbedder:
         self.channel_order = self.convention.channel_order
         self.session = inference_session(model, threads=threads, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        self.pooled = pooled_layout(model)
+        self._session_options = {"threads": threads, "providers": providers}
+        self._features_session = None
 
     def preprocess(self, images: torch.Tensor) -> np.ndarray:
         """From facekd's RGB [-1, 1] to what the model was declared to take, as float32 numpy."""
@@ -179,12 +243,36 @@ class OnnxEmbedder:
             blob = blob.flip(1)
         return np.ascontiguousarray(blob.numpy(), dtype=np.float32)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    @property
+    def fcn(self) -> bool:
+        return self.pooled is None or self.pooled.fcn
+
+    def _run(self, session, images: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+        """Every output of `session` on the images, in chunks of the graph's fixed batch size."""
         blob = self.preprocess(images)
         chunk = self.fixed_batch or len(blob)
-        outputs = [
-            self.session.run(None, {self.input_name: blob[start : start + chunk]})[0]
-            for start in range(0, len(blob), max(chunk, 1))
-        ]
-        embeddings = np.concatenate(outputs) if outputs else np.zeros((0, self.embedding_size), np.float32)
-        return torch.from_numpy(embeddings.astype(np.float32, copy=False)).to(images.device)
+        runs = [session.run(None, {self.input_name: blob[start : start + chunk]})
+                for start in range(0, len(blob), max(chunk, 1))]
+        if not runs:
+            return [torch.zeros((0, size), device=images.device) for size in sizes]
+        return [torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False)).to(images.device)
+                for parts in zip(*runs)]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run(self.session, images, [self.embedding_size])[0]
+
+    def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`{"embedding": E, "pooled": P}`: the pooled features come from a second session that also
+        outputs the embedding layer's input (made on first use)."""
+        if self.pooled is None:
+            raise ConfigError(f"{self.path}: no embedding layer (a Gemm or MatMul with a constant weight) found, "
+                              "so its pooled features cannot be read; use a method or target that needs the "
+                              "embedding only")
+        if self._features_session is None:
+            import onnx
+
+            model = load_pruned_model(self.path)
+            model.graph.output.append(onnx.helper.make_tensor_value_info(self.pooled.name, onnx.TensorProto.FLOAT, None))
+            self._features_session = inference_session(model, **self._session_options)
+        embedding, pooled = self._run(self._features_session, images, [self.embedding_size, self.pooled.size])
+        return {"embedding": embedding, "pooled": pooled}

@@ -16,7 +16,7 @@ from facekd.train.config import PATH, ExperimentConfig
 
 @dataclass
 class TeacherConfig:
-    # A facekd checkpoint, an insightface backbone.pth, or an ONNX model (embedding only).
+    # A facekd checkpoint, an insightface backbone.pth, or an ONNX model (embedding and pooled features).
     path: str = field(default="", metadata=PATH)
     arch: str = ""  # for a plain backbone.pth: the architecture (recognised from its keys if empty)
     kwargs: dict[str, Any] = field(default_factory=dict)  # build_backbone options of that architecture

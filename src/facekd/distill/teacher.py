@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from facekd.data.transforms import network_input
 from facekd.errors import ConfigError
+from facekd.runtime import module_device
 
 # What a method may ask of the teacher.
 EMBEDDING = "embedding"  # raw (un-normalised) embedding, N x D
@@ -39,7 +40,7 @@ class Teacher:
     """A frozen network (plus, optionally, its class centres) that answers what methods ask.
 
     `network` is a facekd/insightface backbone (with `forward_features` and `forward_from`), or
-    any embedding-only callable such as an ONNX session wrapper taking float NCHW in [-1, 1].
+    a callable such as `OnnxEmbedder` (an ONNX model: embedding, and pooled features by `forward_features`).
     """
 
     def __init__(
@@ -69,6 +70,21 @@ class Teacher:
         return hasattr(self.network, "forward_features") and hasattr(self.network, "forward_from")
 
     @property
+    def has_pooled(self) -> bool:
+        """PyTorch backbones, and ONNX models whose embedding layer was found (`OnnxEmbedder.pooled`)."""
+        return self.has_stages or getattr(self.network, "pooled", None) is not None
+
+    @property
+    def pooled_size(self) -> int:
+        """Length of the pooled feature vector."""
+        self.require(POOLED)
+        if not self.has_stages:
+            return int(self.network.pooled.size)
+        zeros = torch.zeros(2, 3, self.input_size, self.input_size, device=module_device(self.network))
+        with torch.no_grad():
+            return int(self.network.forward_features(zeros)["pooled"].shape[1])
+
+    @property
     def stage_channels(self) -> tuple[int, ...]:
         self.require(STAGES)
         return tuple(self.network.stage_channels)
@@ -92,10 +108,16 @@ class Teacher:
         for output in outputs:
             if output not in TEACHER_OUTPUTS:
                 raise ConfigError(f"teacher output {output!r} is unknown; expected one of {sorted(TEACHER_OUTPUTS)}")
-            if output in (STAGES, POOLED) and not self.has_stages:
+            if output == POOLED and not self.has_pooled:
                 raise ConfigError(
-                    f"teacher {self.source}: the method needs its {output}, but it is embedding-only "
-                    "(e.g. ONNX); use a PyTorch teacher checkpoint"
+                    f"teacher {self.source}: the method needs its pooled features, but no embedding layer (a Gemm "
+                    "or MatMul with a constant weight) was found in it; use target embedding or a PyTorch teacher"
+                )
+            if output == STAGES and not self.has_stages:
+                raise ConfigError(
+                    f"teacher {self.source}: the method needs its stage feature maps and routing through its "
+                    "blocks, which an ONNX model does not give; use its PyTorch weights (an insightface "
+                    "backbone.pth or a facekd checkpoint)"
                 )
             if output in (COSINE, CENTRE_COSINE) and self.centres is None:
                 raise ConfigError(

@@ -115,8 +115,7 @@ def flops_report(student: nn.Module, student_size: int, teacher: Teacher) -> dic
 
 
 def pooled_adapter(student_pooled: int, teacher: Teacher, channels: int) -> PooledMapAdapter:
-    teacher_pooled = probe_features(teacher.network, teacher.input_size)["pooled"].shape[1]
-    adapter = PooledMapAdapter(channels, map_side(teacher_pooled, channels, "teacher"),
+    adapter = PooledMapAdapter(channels, map_side(teacher.pooled_size, channels, "teacher"),
                                map_side(student_pooled, channels, "student"))
     log.info("resolution: teacher %s is not fully convolutional; its %dx%d pooled map is average-pooled to the "
              "student's %dx%d (adaptive-pool adapter) for the kd term", teacher.source, adapter.teacher_side,
@@ -159,7 +158,7 @@ class ResolutionDistiller(Distiller):
         teacher = setup.teacher
         transfer = "kt" in options.mode
         student = build_student(setup)
-        flattening = isinstance(teacher.network, nn.Module) and getattr(teacher.network, "fcn", True) is False
+        flattening = getattr(teacher.network, "fcn", True) is False  # a backbone's flag, or OnnxEmbedder's
         if flattening and transfer:
             raise ConfigError(
                 f"resolution.mode {options.mode!r}: teacher {teacher.source} is not fully convolutional (it flattens "
@@ -171,8 +170,8 @@ class ResolutionDistiller(Distiller):
                                     else frozenset())
         elif transfer:
             raise ConfigError(
-                f"resolution.mode {options.mode!r}: teacher {teacher.source} is embedding-only, so its weights "
-                "cannot initialise the student; use a PyTorch teacher checkpoint or mode kd"
+                f"resolution.mode {options.mode!r}: teacher {teacher.source} is an ONNX model, so its weights "
+                "cannot initialise the student; use its PyTorch weights or mode kd"
             )
         if transfer:
             student.load_state_dict(teacher.network.state_dict(), strict=True)
