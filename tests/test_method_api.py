@@ -201,3 +201,32 @@ def test_ijb_protocols_come_from_the_registry(tmp_path):
                             detector_score=True, flip_test=True)
     with pytest.raises(ConfigError, match="IJB protocol: found '1x1', expected one of 1v1, 1n"):
         evaluation.ijb(tmp_path, "IJBC", ["1x1"])
+
+
+def transfer_args(root: Path, out: Path, *extra: str) -> list[str]:
+    args = resolution_args(root, out, "--set", "distill.options.stages=[classification, verification]",
+                           "--set", "distill.options.init=none", *extra)
+    args[args.index("--method") + 1] = "transfer"
+    args[args.index("--input-size") + 1] = "24"
+    return args
+
+
+def steps(log: Path) -> list[dict]:
+    """The step records of a run's log.jsonl, without their timing."""
+    return [{k: v for k, v in json.loads(line).items() if k != "img_per_s"} for line in log.read_text().splitlines()]
+
+
+def test_a_pipeline_killed_between_stages_resumes_at_the_next_stage(tiny_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(transfer_args(tiny_run, out)) == 0
+    first_stage = (out / "classification" / "log.jsonl").read_text()
+    final = steps(out / "verification" / "log.jsonl")
+    for path in (out / "verification").iterdir():  # killed after the first stage finished
+        path.unlink()
+    (out / "verification").rmdir()
+    assert main(transfer_args(tiny_run, out, "--resume")) == 0
+    assert (out / "classification" / "log.jsonl").read_text() == first_stage  # loaded, not retrained
+    assert steps(out / "verification" / "log.jsonl") == final  # the same seeded stage again
+    capsys.readouterr()
+    assert main(transfer_args(tiny_run, tmp_path / "fresh", "--resume")) == 2  # nothing to resume: still refused
+    assert "checkpoint not found" in capsys.readouterr().err

@@ -188,7 +188,9 @@ class StageFitter:
     """`fit(task, samples, stage)` for pipelines: the engine, unchanged, under OUT/stage.
 
     A stage whose folder already holds a finished checkpoint of the same config is loaded, not
-    retrained, so an interrupted pipeline resumes at its first unfinished stage.
+    retrained, so an interrupted pipeline resumes at its first unfinished stage. Under `--resume`,
+    a stage that has no checkpoint yet while an earlier one is done (killed between stages) starts
+    afresh; the first stage without a checkpoint is still an error, as for any run.
     """
 
     def __init__(self, config: DistillExperimentConfig, world: World, train_samples, evaluator) -> None:
@@ -196,9 +198,11 @@ class StageFitter:
         self.results: dict[Path, TrainResult] = {}  # by checkpoint path
 
     def __call__(self, task, samples, stage: str):
-        train = dataclasses.replace(self.config.train, out=str(Path(self.config.train.out) / stage))
+        out = Path(self.config.train.out) / stage
+        checkpoint = out / "checkpoint.pt"
+        resume = self.config.train.resume and (checkpoint.is_file() or not self.results)
+        train = dataclasses.replace(self.config.train, out=str(out), resume=resume)
         stage_config = dataclasses.replace(self.config, train=train)
-        checkpoint = Path(train.out) / "checkpoint.pt"
         if is_finished(Path(train.out), stage_config):
             state = ckpt.load(checkpoint)
             task.load_state_dict(state["task"])
