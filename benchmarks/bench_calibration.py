@@ -42,7 +42,7 @@ def train(data: Path, model: dict, epochs: int, seed: int, out: Path, args: argp
     config = {
         "data": {"train": str(data / "train")},
         "model": model,
-        "head": {"s": 32.0, "m2": 0.5},
+        "head": {"s": args.scale, "m2": args.arc_margin, "m3": args.cos_margin},
         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
         "schedule": {"kind": "cosine", "warmup_epochs": 0.5},
         "train": {"epochs": epochs, "batch_size": args.batch_size, "workers": 1, "out": str(out),
@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--student-width", type=float, default=0.125)
     parser.add_argument("--input-size", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--scale", type=float, default=32.0, help="margin softmax scale s")
+    parser.add_argument("--arc-margin", type=float, default=0.5, help="ArcFace angular margin m2")
+    parser.add_argument("--cos-margin", type=float, default=0.0, help="CosFace additive margin m3")
     args = parser.parse_args()
 
     rows = []
@@ -96,7 +99,9 @@ def main() -> None:
         teacher = score(data, teacher_run)
         students = []
         for seed in args.seeds:
-            run = args.out / f"d{difficulty:g}" / f"baseline_w{args.student_width:g}_e{args.student_epochs}_s{seed}"
+            loss = "" if (args.scale, args.arc_margin, args.cos_margin) == (32.0, 0.5, 0.0) else \
+                f"_s{args.scale:g}m{args.arc_margin:g}c{args.cos_margin:g}"
+            run = args.out / f"d{difficulty:g}" / f"baseline_w{args.student_width:g}_e{args.student_epochs}{loss}_s{seed}"
             seconds = train(data, network(args.student_width, args.input_size), args.student_epochs, seed, run, args)
             students.append({**score(data, run), "seconds": seconds})
         accuracy = [s["verify"]["accuracy"] for s in students]
