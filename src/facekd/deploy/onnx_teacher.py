@@ -34,6 +34,7 @@ plain constants so onnxruntime can fold them.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,11 @@ class PooledLayout:
     size: int
     map_shape: tuple[int, int, int] | None
 
+    @functools.cached_property
+    def pooled(self) -> PooledLayout | None:
+        """Where the pooled features are (shape inference on the graph, done when first asked)."""
+        return pooled_layout(load_pruned_model(self.path))
+
     @property
     def fcn(self) -> bool:
         """False when the pooled vector is a flattened spatial map (a non-FCN head)."""
@@ -223,7 +229,6 @@ class OnnxEmbedder:
         self.channel_order = self.convention.channel_order
         self.session = inference_session(model, threads=threads, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
-        self.pooled = pooled_layout(model)
         self._session_options = {"threads": threads, "providers": providers}
         self._features_session = None
 
@@ -242,6 +247,11 @@ class OnnxEmbedder:
         if self.channel_order == "BGR":
             blob = blob.flip(1)
         return np.ascontiguousarray(blob.numpy(), dtype=np.float32)
+
+    @functools.cached_property
+    def pooled(self) -> PooledLayout | None:
+        """Where the pooled features are (shape inference on the graph, done when first asked)."""
+        return pooled_layout(load_pruned_model(self.path))
 
     @property
     def fcn(self) -> bool:
