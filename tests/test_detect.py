@@ -116,3 +116,75 @@ def test_pack_rec_detect_writes_a_rec_from_the_astronaut_and_its_mirror(tmp_path
     assert len(dataset) == 2
     image, label = dataset[0]
     assert np.asarray(image).shape[:2] == (112, 112) and label == 0
+
+
+def constant_scrfd(path, rows: dict[int, tuple[float, list[float], list[float]]]) -> None:
+    """An SCRFD-layout ONNX (640 px input, 9 outputs) whose outputs are constants: zero scores but
+    at the stride-16 rows given, with their box distances and landmark offsets (in strides)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, outputs = [], []
+    arrays = {}
+    for stride in SCRFD_STRIDES:
+        cells = (640 // stride) ** 2 * SCRFD_ANCHORS
+        arrays[f"score{stride}"] = np.zeros((cells, 1), np.float32)
+        arrays[f"bbox{stride}"] = np.ones((cells, 4), np.float32)
+        arrays[f"kps{stride}"] = np.zeros((cells, 10), np.float32)
+    for row, (score, distances, offsets) in rows.items():
+        arrays["score16"][row], arrays["bbox16"][row], arrays["kps16"][row] = score, distances, offsets
+    for kind in ("score", "bbox", "kps"):
+        for stride in SCRFD_STRIDES:
+            name = f"{kind}{stride}"
+            nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(arrays[name])))
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arrays[name].shape)))
+    graph = helper.make_graph(nodes, "scrfd_constant", [helper.make_tensor_value_info(
+        "input.1", TensorProto.FLOAT, [1, 3, 640, 640])], outputs)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_scrfd_detector_maps_a_hand_placed_face_back_through_the_letterbox(tmp_path):
+    from facekd.data.detect import ScrfdDetector
+
+    # stride 16, cell (x=10, y=5), anchor 0: row (5*40 + 10)*2 = 420, centre (160, 80) at 640 px
+    offsets = [-1, -0.5, 1, -0.5, 0, 0.5, -0.75, 1.25, 0.75, 1.25]
+    constant_scrfd(tmp_path / "det.onnx", {420: (0.9, [2, 3, 4, 5], offsets)})
+    faces = ScrfdDetector(tmp_path / "det.onnx").detect(np.zeros((333, 500, 3), np.uint8))
+    assert len(faces) == 1
+    scale = 426 / 333  # insightface's: 500 -> 640, 333 -> int(426.24) = 426
+    np.testing.assert_allclose(faces[0].box, np.array([160 - 32, 80 - 48, 160 + 64, 80 + 80]) / scale, rtol=1e-6)
+    expected = (np.tile([160.0, 80.0], 5) + 16 * np.array(offsets)).reshape(5, 2) / scale
+    np.testing.assert_allclose(faces[0].landmarks, expected, rtol=1e-6)
+    assert faces[0].landmarks.dtype == np.float32 and faces[0].score == pytest.approx(0.9)
+
+
+def test_align_command_takes_an_scrfd_detector(tmp_path, capsys):
+    import cv2
+
+    from facekd.cli import main
+    from facekd.data.align import ARCFACE_DST, similarity_matrix
+    from facekd.data.codec import encode_jpeg
+
+    # A face placed so its 5 landmarks are the ArcFace template scaled by 2 and moved to (200, 100):
+    # stride 16, cell (x=20, y=10), anchor 1: row (10*40 + 20)*2 + 1 = 841, centre (320, 160) at 640 px
+    # on a 500 x 500 photo (scale 640 / 500)
+    scale = 640 / 500
+    landmarks = ARCFACE_DST * 2 + [200, 100]
+    offsets = ((landmarks * scale - [320, 160]) / 16).reshape(-1).tolist()
+    constant_scrfd(tmp_path / "det.onnx", {841: (0.8, [6, 6, 6, 6], offsets)})
+    person = tmp_path / "src" / "someone"
+    person.mkdir(parents=True)
+    photo = np.ascontiguousarray(data.astronaut()[:500, :500, ::-1])
+    cv2.imwrite(str(person / "a.png"), photo)
+    assert main(["align", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--detector",
+                 str(tmp_path / "det.onnx")]) == 0
+    written = (tmp_path / "out" / "someone" / "a.jpg").read_bytes()
+    rgb = np.ascontiguousarray(photo[:, :, ::-1])
+
+    def crop_bytes(points):
+        matrix = similarity_matrix(points.astype(np.float32))
+        return encode_jpeg(cv2.warpAffine(rgb, matrix, (112, 112), flags=cv2.INTER_LINEAR, borderValue=0.0))
+
+    # the detected landmarks are the placed ones, so the crop is the JPEG of the warp they define
+    assert written == crop_bytes(landmarks)
+    assert written != crop_bytes(landmarks + [1, 0])
