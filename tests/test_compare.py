@@ -61,6 +61,8 @@ def test_compare_trains_scores_pairs_and_reports_every_seed_method(tmp_path):
     text = (tmp_path / "compare.md").read_text()
     for label in ["teacher", "baseline", "baseline@low_res", *SEED_METHODS]:
         assert f"\n| {label} |" in text
+    # 2 seeds: sqrt(1 / chi2(0.975, 1)) = 0.45 and sqrt(1 / chi2(0.025, 1)) = 31.9
+    assert "A std over 2 seeds is itself uncertain: the true one lies between 0.45x and 31.91x" in text
     first = summaries(tmp_path)
     for label in SEED_METHODS:
         run, baseline = first[label], first[first[label]["baseline"]]

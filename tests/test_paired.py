@@ -46,3 +46,15 @@ def test_single_seed_has_no_interval_and_bad_input_is_refused():
 def test_mean_and_sample_std():
     assert mean_and_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)))
     assert mean_and_std([0.5]) == (0.5, 0.0)
+
+
+def test_std_interval_factors_against_a_chi_square_table():
+    from facekd.evaluate.paired import std_interval_factors
+
+    # chi-square quantiles, df = 2: 0.0506 and 7.3778; df = 7: 1.6899 and 16.0128
+    low, high = std_interval_factors(3)
+    assert low == pytest.approx(math.sqrt(2 / 7.3778), rel=1e-4) and high == pytest.approx(math.sqrt(2 / 0.0506), rel=1e-3)
+    low, high = std_interval_factors(8)
+    assert low == pytest.approx(math.sqrt(7 / 16.0128), rel=1e-4) and high == pytest.approx(math.sqrt(7 / 1.6899), rel=1e-4)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        std_interval_factors(1)

@@ -15,7 +15,7 @@ from typing import Callable
 
 from facekd.compare.plan import ComparePlan, Run
 from facekd.compare.scoring import NetworkCost, TestScores
-from facekd.evaluate.paired import PairedDifference, mean_and_std, paired_difference
+from facekd.evaluate.paired import PairedDifference, mean_and_std, paired_difference, std_interval_factors
 from facekd.fileio import atomic_write_bytes, atomic_write_text
 
 
@@ -44,6 +44,15 @@ def metrics(far_keys: list[str]) -> list[Metric]:
 
 def percent(mean: float, spread: float | None = None) -> str:
     return f"{100 * mean:.2f}" if spread is None else f"{100 * mean:.2f} ± {100 * spread:.2f}"
+
+
+def std_precision(seeds: int) -> str:
+    """A sentence on how little a std over few seeds pins down (empty for one seed)."""
+    if seeds < 2:
+        return ""
+    low, high = std_interval_factors(seeds)
+    return (f" A std over {seeds} seeds is itself uncertain: the true one lies between {low:.2f}x and {high:.2f}x "
+            "the figure (95 %), so the paired intervals below, not these stds, tell methods apart.")
 
 
 def interval(diff: PairedDifference) -> str:
@@ -92,7 +101,8 @@ class Comparison:
             f"{plan.student.epochs} epoch{'s' if plan.student.epochs != 1 else ''}, batch {plan.recipe.batch_size}, SGD lr {plan.recipe.lr:g}, cosine "
             f"schedule, ArcFace s {plan.recipe.margin_s:g} m {plan.recipe.margin_m:g} as its identity loss. "
             f"The last epoch is scored: no checkpoint is selected on the test pairs.",
-            f"Seeds: {', '.join(map(str, seeds))} ({len(seeds)}). Mean ± sample std over seeds, in percent.",
+            f"Seeds: {', '.join(map(str, seeds))} ({len(seeds)}). Mean ± sample std over seeds, in percent."
+            + std_precision(len(seeds)),
             "",
             "| run | network | accuracy | " + " | ".join(c.title for c in self.columns[1:]) +
             " | MFLOPs | FLOPs vs teacher | CPU ms (b1) | train s (vs baseline) |",

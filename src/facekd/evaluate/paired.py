@@ -51,3 +51,13 @@ def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0 for a single value) over seeds."""
     array = np.asarray(values, dtype=np.float64)
     return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
+
+
+def std_interval_factors(seeds: int, confidence: float = 0.95) -> tuple[float, float]:
+    """How far the true standard deviation may be from a sample std over `seeds` runs: the factors
+    (low, high) of the chi-square interval sqrt((n - 1) / chi2_{(1+c)/2}), sqrt((n - 1) / chi2_{(1-c)/2})."""
+    if seeds < 2:
+        raise ValueError(f"a standard deviation needs at least 2 seeds, found {seeds}")
+    df = seeds - 1
+    return (math.sqrt(df / float(stats.chi2.ppf(0.5 + confidence / 2.0, df))),
+            math.sqrt(df / float(stats.chi2.ppf(0.5 - confidence / 2.0, df))))
