@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -287,6 +288,8 @@ def main() -> int:
     parser.add_argument("--torch", default=str(LOCAL_TORCH) if LOCAL_TORCH.exists() else "torch==2.13.0",
                         help="pip requirement for torch in the side venv")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arcface-torch", type=Path, help="insightface's recognition/arcface_torch folder: the "
+                        "margin cases then run its own losses.py (else the reference's transcription of it)")
     args = parser.parse_args()
     python = side_python(SIDE_VENV, PINS, (args.torch,))
     rng = np.random.default_rng(args.seed)
@@ -295,7 +298,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="facekd-reference-") as tmp:
         root = Path(tmp)
         write_cases(root, cases)
-        subprocess.run([python, HERE / "insightface_reference.py", root], check=True)
+        if args.arcface_torch and not (args.arcface_torch / "losses.py").is_file():
+            raise SystemExit(f"{args.arcface_torch}: no losses.py, expected insightface's recognition/arcface_torch")
+        source = ["--arcface-torch-losses"] if args.arcface_torch else []
+        env = dict(os.environ, PYTHONPATH=str(args.arcface_torch.resolve())) if args.arcface_torch else None
+        subprocess.run([python, HERE / "insightface_reference.py", root, *source], check=True, env=env)
         environment = json.loads((root / "environment.json").read_text())
         print("reference environment:", ", ".join(f"{k} {v}" for k, v in environment.items()))
         print(f"facekd environment: numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}, "

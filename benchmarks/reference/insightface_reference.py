@@ -9,7 +9,9 @@ follows, step for step, the logic of the published file it names (deepinsight/in
   FAR curve is inverted with this environment's `scipy.interpolate.interp1d(kind='slinear')`,
   which accepts the repeated FAR values.
 - `combined_margin_loss`: recognition/arcface_torch/losses.py, `CombinedMarginLoss.forward`,
-  in torch, with the same in-place, no_grad angle shift.
+  in torch, with the same in-place, no_grad angle shift. With `--arcface-torch-losses` (and
+  arcface_torch's folder on PYTHONPATH) the margin cases run the peer's `CombinedMarginLoss`
+  itself instead (its other files import mxnet, so only losses.py runs from source).
 - `ijb_11_tar`: recognition/_evaluation_/ijb/ijb_11.py, the TAR table under the ROC plot.
 - `ijb_1n_evaluation`: recognition/_evaluation_/ijb/ijb_1n.py, `gen_mask` and `evaluation`
   (after the last step of its `image2template_feature`, the L2 normalisation of the templates).
@@ -141,14 +143,21 @@ def combined_margin_loss(logits, labels, s, m1, m2, m3, interclass_filtering_thr
     raise ValueError(f"CombinedMarginLoss has no rule for m1={m1}, m2={m2}, m3={m3}")
 
 
-def margin_case(cosine, labels, params):
+def arcface_torch_margin_loss(logits, labels, s, m1, m2, m3, interclass_filtering_threshold=0.0):
+    """arcface_torch's own CombinedMarginLoss, imported from its folder on PYTHONPATH."""
+    from losses import CombinedMarginLoss
+
+    return CombinedMarginLoss(s, m1, m2, m3, interclass_filtering_threshold)(logits, labels)
+
+
+def margin_case(cosine, labels, params, rule=combined_margin_loss):
     """Logits, and the gradient of sum(logits * upstream) with respect to the cosines."""
     dtype = getattr(torch, params["dtype"])
     leaf = torch.tensor(cosine, dtype=dtype, requires_grad=True)
     upstream = torch.tensor(params["upstream"], dtype=dtype)
     # a non-leaf input, as the output of the linear layer is in training
-    logits = combined_margin_loss(leaf * 1.0, torch.tensor(labels).view(-1, 1), params["s"], params["m1"],
-                                  params["m2"], params["m3"], params.get("interclass_filtering_threshold", 0.0))
+    logits = rule(leaf * 1.0, torch.tensor(labels).view(-1, 1), params["s"], params["m1"],
+                  params["m2"], params["m3"], params.get("interclass_filtering_threshold", 0.0))
     (logits * upstream).sum().backward()
     return {"logits": logits.detach().double().numpy(), "grad": leaf.grad.double().numpy()}
 
@@ -220,14 +229,14 @@ def ijb_1n_evaluation(query_feats, query_ids, gallery_feats, gallery_ids):
 # ---- driver ----
 
 
-def run_case(case_dir: Path, kind: str, params: dict) -> dict:
+def run_case(case_dir: Path, kind: str, params: dict, margin_rule) -> dict:
     def load(name):
         return np.load(case_dir / f"{name}.npy")
 
     if kind == "verification":
         return verification_test(load("embeddings"), load("issame"), params["nfolds"])
     if kind == "margin":
-        return margin_case(load("cosine"), load("labels"), params)
+        return margin_case(load("cosine"), load("labels"), params, margin_rule)
     if kind == "ijb_11":
         return ijb_11_tar(load("labels"), load("scores"))
     if kind == "ijb_1n":
@@ -235,15 +244,17 @@ def run_case(case_dir: Path, kind: str, params: dict) -> dict:
     raise ValueError(f"unknown case kind {kind}")
 
 
-def main(case_root: str) -> None:
+def main(case_root: str, from_source: bool) -> None:
     root = Path(case_root)
+    margin_rule = arcface_torch_margin_loss if from_source else combined_margin_loss
     for case in json.loads((root / "manifest.json").read_text()):
-        for name, value in run_case(root / case["name"], case["kind"], case["params"]).items():
+        for name, value in run_case(root / case["name"], case["kind"], case["params"], margin_rule).items():
             np.save(root / case["name"] / f"reference_{name}.npy", np.asarray(value))
     versions = {"numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
-                "torch": torch.__version__, "python": sys.version.split()[0]}
+                "torch": torch.__version__, "python": sys.version.split()[0],
+                "margin rule": "arcface_torch losses.py" if from_source else "transcription of losses.py"}
     (root / "environment.json").write_text(json.dumps(versions))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], "--arcface-torch-losses" in sys.argv[2:])
