@@ -152,11 +152,6 @@ class PooledLayout:
     size: int
     map_shape: tuple[int, int, int] | None
 
-    @functools.cached_property
-    def pooled(self) -> PooledLayout | None:
-        """Where the pooled features are (shape inference on the graph, done when first asked)."""
-        return pooled_layout(load_pruned_model(self.path))
-
     @property
     def fcn(self) -> bool:
         """False when the pooled vector is a flattened spatial map (a non-FCN head)."""
