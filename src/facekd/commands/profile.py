@@ -85,8 +85,8 @@ def profile_onnx_file(args: argparse.Namespace, reference_source, settings):
                           f"{embedder.input_size} px only")
     profile = profile_onnx(embedder, Path(args.model).stem, settings)
     model = reference_source.build(112)
-    reference = profile_model(model, reference_source.label, 112, settings)
-    proto = export_model_proto(model, 112)
+    proto = export_model_proto(model, 112)  # one export: ONNX latency (both modes) and onnx-tool's FLOPs
+    reference = profile_model(model, reference_source.label, 112, settings, proto=proto)
     if reference.ort_b1_ms is None:  # fast mode skips it, but it is the ONNX model's only latency ratio
         one = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
         ort_b1 = median_ms(ort_forward(proto)(one), warmup=settings.warmup, repeats=settings.repeats)

@@ -205,9 +205,10 @@ def check_accepts_resolution(model: nn.Module, name: str, resolution: int) -> in
 
 
 def profile_model(
-    model: nn.Module, name: str, resolution: int, settings: LatencySettings = LatencySettings()
+    model: nn.Module, name: str, resolution: int, settings: LatencySettings = LatencySettings(), proto=None
 ) -> ModelProfile:
-    """Profile `model` (moved to CPU, put in eval mode) on `resolution` x `resolution` inputs."""
+    """Profile `model` (moved to CPU, put in eval mode) on `resolution` x `resolution` inputs;
+    `proto` is its ONNX export at that size when the caller already holds one (else exported here)."""
     model = model.cpu().eval()
     embedding_size = check_accepts_resolution(model, name, resolution)
     parameters = sum(p.numel() for p in model.parameters())
@@ -242,9 +243,11 @@ def profile_model(
     fields["torch_large_ms"] = median_ms(torch_forward(large), **large_counts)
     fields["peak_memory_large_mb"] = peak_forward_memory_mb(model, large)
 
-    from facekd.deploy.onnx import export_model_proto
+    if proto is None:
+        from facekd.deploy.onnx import export_model_proto
 
-    ort = ort_forward(export_model_proto(model, resolution))
+        proto = export_model_proto(model, resolution)
+    ort = ort_forward(proto)
     fields["ort_b1_ms"] = median_ms(ort(one), warmup=settings.warmup, repeats=settings.repeats)
     fields["ort_large_ms"] = median_ms(ort(large), **large_counts)
     return ModelProfile(**fields)
