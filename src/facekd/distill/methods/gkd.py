@@ -50,10 +50,6 @@ def size_from_mass(mass: Tensor, tau: float, batch: int) -> int:
     return int(candidates[reached][0]) if reached.any() else len(mass)
 
 
-def reduce_sum(tensor: Tensor) -> Tensor:
-    return world_ops.all_reduce_with_grad(tensor)
-
-
 def kl_sum(log_student: Tensor, teacher: Tensor) -> Tensor:
     return F.kl_div(log_student, teacher, reduction="sum")
 
@@ -127,8 +123,9 @@ class GKDLoss(nn.Module):
         secondary = ~primary
         log_s, log_t = sharded_log_softmax(student_logits, t), sharded_log_softmax(teacher_logits.detach(), t)
         p_s, p_t = log_s.exp(), log_t.exp()
-        binary_s = torch.stack([reduce_sum((p_s * primary).sum(1)), reduce_sum((p_s * secondary).sum(1))], dim=1)
-        binary_t = torch.stack([reduce_sum((p_t * primary).sum(1)), reduce_sum((p_t * secondary).sum(1))], dim=1)
+        # Each row's (primary, secondary) probability mass over every rank's classes.
+        binary_s = world_ops.all_reduce_with_grad(torch.stack([(p_s * primary).sum(1), (p_s * secondary).sum(1)], 1))
+        binary_t = world_ops.all_reduce_with_grad(torch.stack([(p_t * primary).sum(1), (p_t * secondary).sum(1)], 1))
         binary = (torch.xlogy(binary_t, binary_t) - binary_t * binary_s.clamp_min(1e-12).log()).sum()
         loss = self.binary_weight * binary + self.primary_weight * self.sharded_group_kl(
             student_logits, teacher_logits, secondary)
@@ -141,7 +138,7 @@ class GKDLoss(nn.Module):
         log_s = sharded_log_softmax(student_logits / self.temperature - shift, 1.0)
         log_t = sharded_log_softmax(teacher_logits.detach() / self.temperature - shift, 1.0)
         p_t = log_t.exp()
-        return reduce_sum((torch.xlogy(p_t, p_t) - p_t * log_s).sum())
+        return world_ops.all_reduce_with_grad((torch.xlogy(p_t, p_t) - p_t * log_s).sum())
 
     def group_kl(self, student_logits: Tensor, teacher_logits: Tensor, excluded: Tensor) -> Tensor:
         """KL between the two distributions renormalised over the classes not `excluded`."""
