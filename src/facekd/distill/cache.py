@@ -274,8 +274,9 @@ def _mark_complete(root: Path, fingerprint: dict[str, Any], fields: frozenset[st
                             "finished; is distill.cache_dir on a file system all ranks share?")
         parts.append({key: expected[key] for key in ("name", "start", "stop")})
     shapes = _read_json(root / parts[0]["name"] / "done.json", "teacher-cache part marker")["shapes"]
+    names = {part["name"] for part in parts}
     for folder in root.glob("part-*-of-*"):
-        if folder.name not in {part["name"] for part in parts}:
+        if folder.name not in names:
             shutil.rmtree(folder, ignore_errors=True)  # another world size's parts: superseded
     meta = {"version": CACHE_VERSION, "fingerprint": fingerprint, "fields": sorted(fields), "shapes": shapes,
             "dtype": dtype, "num_samples": num_samples, "parts": parts}
